@@ -1,6 +1,10 @@
 """SigRL: semantic-guided representation learning for multi-label image recognition."""
 
+from importlib.metadata import version as _version
+
 from sigrl._compat import ensure_torchvision_importable
+
+__version__ = _version("sigrl")
 
 ensure_torchvision_importable()  # before anything imports torchvision (timm, open_clip)
 
@@ -12,5 +16,5 @@ from sigrl.tokenizer import DEFAULT_TEMPLATE, tokenize  # noqa: E402
 
 __all__ = [
     "DEFAULT_TEMPLATE", "SigRL", "SigRLConfig", "create_model", "get_model_config", "list_models",
-    "load_checkpoint", "load_clip_weights", "metrics", "tokenize",
+    "__version__", "load_checkpoint", "load_clip_weights", "metrics", "tokenize",
 ]

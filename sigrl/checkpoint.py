@@ -60,7 +60,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def load_checkpoint(path: str | Path) -> SigRL:
     """The trained model in eval mode, with its label vocabulary as ``model.vocabulary``."""
     payload = read_checkpoint(path)
-    model = create_model(payload["model_name"], **payload["model_config"])
-    model.load_state_dict(payload["model"])
+    try:
+        model = create_model(payload["model_name"], **payload["model_config"])
+        model.load_state_dict(payload["model"])
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise ValueError(f"checkpoint {path} does not fit its config {payload.get('model_name')!r}: {err}") from err
     model.vocabulary = list(payload["vocabulary"])
     return model.eval()

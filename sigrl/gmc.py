@@ -34,7 +34,8 @@ class DenseGATv2(nn.Module):
         nn.init.xavier_uniform_(self.lin.weight)
         nn.init.xavier_uniform_(self.att)
 
-    def _attend(self, targets: torch.Tensor, wh: torch.Tensor) -> torch.Tensor:
+    def attend(self, targets: torch.Tensor, wh: torch.Tensor) -> torch.Tensor:
+        """Features of a chunk of target nodes (c×H×F) aggregated over all C source nodes ``wh``."""
         pair = F.leaky_relu(targets[:, None] + wh[None], self.negative_slope)  # c×C×H×F
         alpha = self.attn_drop(torch.einsum("ijhf,hf->ijh", pair, self.att).softmax(dim=1))
         return torch.einsum("ijh,jhf->ihf", alpha, wh)
@@ -43,7 +44,7 @@ class DenseGATv2(nn.Module):
         """h: C×in_dim node features → C×(heads·head_dim)."""
         num_nodes = h.shape[0]
         wh = self.lin(h).view(num_nodes, self.heads, self.head_dim)
-        outputs = [run_chunk(self.grad_checkpointing, self._attend, wh[start:start + self.node_chunk], wh)
+        outputs = [run_chunk(self.grad_checkpointing, self.attend, wh[start:start + self.node_chunk], wh)
                    for start in range(0, num_nodes, self.node_chunk)]
         return torch.cat(outputs).reshape(num_nodes, self.heads * self.head_dim)
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from sigrl.gmc import LabelGraph
 from sigrl.svfr import SemanticReconstruction
-from sigrl.tokenizer import DEFAULT_TEMPLATE, coop_template, tokenize
+from sigrl.tokenizer import DEFAULT_TEMPLATE, coop_template, tokenize, trim_token_ids
 
 
 @dataclass
@@ -86,19 +86,24 @@ class SigRL(nn.Module):
     def encode_text(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Label embeddings T (C×D, not normalised): the EOT feature times ``text_projection``.
 
-        Token ids are cut to the longest prompt in the batch: with the causal mask, the padding after
-        the EOT token never influences it, so the output is identical and much cheaper than length 77.
+        Token ids are cut to the longest prompt in the batch (:func:`sigrl.tokenizer.trim_token_ids`):
+        with the causal mask, the padding after the EOT token never influences it, so the output is
+        identical and much cheaper than length 77.
         """
+        return self.encode_tokens(trim_token_ids(token_ids))
+
+    def encode_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """:meth:`encode_text` at the given length L ≤ 77, without data-dependent shapes (exportable)."""
         clip = self.clip
-        eot = token_ids.argmax(dim=-1)
-        length = int(eot.max()) + 1
-        tokens = token_ids[:, :length]
-        x = clip.token_embedding(tokens)
+        length = token_ids.shape[1]
+        eot = token_ids.argmax(dim=-1)  # the EOT token has the largest id in CLIP's vocabulary
+        x = clip.token_embedding(token_ids)
         if self.prompt_context is not None:
             x = self.prompt_context(x)
         x = x + clip.positional_embedding[:length].to(x.dtype)
         x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
-        x = clip.ln_final(x)[torch.arange(x.shape[0], device=x.device), eot]
+        x = clip.ln_final(x)
+        x = x.gather(1, eot[:, None, None].expand(-1, 1, x.shape[-1]))[:, 0]  # the EOT token's feature
         if isinstance(clip.text_projection, nn.Linear):
             return clip.text_projection(x)
         return x @ clip.text_projection

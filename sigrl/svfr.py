@@ -29,32 +29,40 @@ class SemanticReconstruction(nn.Module):
         self.fuse = nn.Linear(2 * dim, dim, bias=False)  # [S' ‖ G] → Y
         self.vfr_proj = nn.Linear(dim, dim)  # FC in eqs. 10–11
 
-    def _attend(self, proj: nn.Linear, patches: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    def attend(self, proj: nn.Linear, patches: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """Softmax over patches of proj(tanh(V ⊙ q)) for a chunk of class queries: B×P×c×D."""
         logits = proj(torch.tanh(patches[:, :, None, :] * queries[:, None, :, :]))
         return logits.softmax(dim=1)
 
-    def _sda_chunk(self, patches: torch.Tensor, label_chunk: torch.Tensor) -> torch.Tensor:
-        alpha = self._attend(self.sda_proj, patches, label_chunk.expand(patches.shape[0], -1, -1))
+    def sda_chunk(self, patches: torch.Tensor, label_chunk: torch.Tensor) -> torch.Tensor:
+        """Category-specific features S (eqs. 5–7) for a chunk of classes (1×c×D): B×c×D."""
+        alpha = self.attend(self.sda_proj, patches, label_chunk.expand(patches.shape[0], -1, -1))
         # category-specific features S; multiply-and-sum is ~20x faster than einsum for this layout on CPU
         return (alpha * patches[:, :, None, :]).sum(dim=1)
 
-    def _vfr_chunk(self, patches: torch.Tensor, fused_chunk: torch.Tensor) -> torch.Tensor:
-        return self._attend(self.vfr_proj, patches, fused_chunk).sum(dim=2)  # Σ_c β over this chunk
+    def vfr_chunk(self, patches: torch.Tensor, fused_chunk: torch.Tensor) -> torch.Tensor:
+        """VFR gate (eqs. 10–11) summed over a chunk of classes: B×P×D."""
+        return self.attend(self.vfr_proj, patches, fused_chunk).sum(dim=2)  # Σ_c β over this chunk
+
+    def fuse_classes(self, sda: torch.Tensor, label_emb: torch.Tensor, graph_emb: torch.Tensor) -> torch.Tensor:
+        """The step that mixes classes: correlation (eqs. 8–9) on S, then fusion with G → VFR queries B×C×D.
+
+        Per image, K_b = ReLU(S_bᵀ T) with rows L2-normalised and S'_b = S_b K_b. The released code's
+        division by batch-wide norms is left out: it couples batch-mates.
+        """
+        corr = F.normalize(torch.einsum("bcd,ce->bde", sda, label_emb).relu(), dim=-1)
+        decoupled = torch.bmm(sda, corr)
+        return self.fuse(torch.cat([decoupled, graph_emb.expand_as(decoupled)], dim=-1))
 
     def reconstruct(self, patches: torch.Tensor, label_emb: torch.Tensor, graph_emb: torch.Tensor) -> torch.Tensor:
         """Reconstructed patch tokens R (B×P×D) from patch tokens V, label embeddings T and graph embeddings G."""
         num_classes = label_emb.shape[0]
         chunks = range(0, num_classes, self.class_chunk)
         recompute = self.grad_checkpointing
-        sda = torch.cat([run_chunk(recompute, self._sda_chunk, patches, label_emb[None, c:c + self.class_chunk])
+        sda = torch.cat([run_chunk(recompute, self.sda_chunk, patches, label_emb[None, c:c + self.class_chunk])
                          for c in chunks], dim=1)
-        # Correlation (eqs. 8–9), per image: K_b = ReLU(S_bᵀ T), rows L2-normalised; S'_b = S_b K_b.
-        # The released code's division by batch-wide norms is left out: it couples batch-mates.
-        corr = F.normalize(torch.einsum("bcd,ce->bde", sda, label_emb).relu(), dim=-1)
-        decoupled = torch.bmm(sda, corr)
-        fused = self.fuse(torch.cat([decoupled, graph_emb.expand_as(decoupled)], dim=-1))
-        weights = sum(run_chunk(recompute, self._vfr_chunk, patches, fused[:, c:c + self.class_chunk]) for c in chunks)
+        fused = self.fuse_classes(sda, label_emb, graph_emb)
+        weights = sum(run_chunk(recompute, self.vfr_chunk, patches, fused[:, c:c + self.class_chunk]) for c in chunks)
         return patches * weights
 
     def score(self, global_feat: torch.Tensor, reconstructed: torch.Tensor, label_emb: torch.Tensor) -> torch.Tensor:

@@ -30,3 +30,13 @@ def tokenize(label_names: Sequence[str], template: str = DEFAULT_TEMPLATE) -> to
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"label name at position {position} must be a non-empty string, got {name!r}")
     return _clip_tokenizer()([template.format(name.strip()) for name in label_names])
+
+
+def trim_token_ids(token_ids: torch.Tensor) -> torch.Tensor:
+    """Cut CLIP token ids (C×77) to the longest prompt: columns after every EOT token are padding.
+
+    The EOT token has the largest id in CLIP's vocabulary, so its position is the row's argmax.
+    """
+    if token_ids.ndim != 2 or token_ids.shape[0] == 0:
+        raise ValueError(f"token_ids must be C×L with C >= 1, got shape {tuple(token_ids.shape)}")
+    return token_ids[:, :int(token_ids.argmax(dim=-1).max()) + 1]

@@ -29,14 +29,6 @@ def _assert_same_weights(a, b, atol=0.0):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=key)
 
 
-@pytest.fixture(scope="session")
-def trained_tiny(tmp_path_factory):
-    """The tiny recipe trained once on the synthetic shapes (7 epochs = 434 steps, about a minute)."""
-    out = tmp_path_factory.mktemp("tiny-run")
-    result = train(recipe_for("tiny", out=str(out), progress=False))
-    return out, result
-
-
 @pytest.mark.slow
 def test_tiny_recipe_learns_far_above_chance(trained_tiny):
     out, result = trained_tiny

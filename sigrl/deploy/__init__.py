@@ -1,0 +1,1 @@
+"""Deployment: exportable graphs, ONNX export, engines, runtimes and checks."""

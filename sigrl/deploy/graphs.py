@@ -1,0 +1,94 @@
+"""Trace-friendly wrappers around the trained submodules, one per engine (segment-anything style).
+
+The eager model chunks GMC and SVFR with Python loops whose trip count depends on C, which an
+exported graph cannot keep. Here the chunks become ``torch._higher_order_ops.scan`` loops (exported
+as ONNX ``Scan``): C is padded with zero rows up to a multiple of the chunk size, the padded rows
+are sliced off where outputs are per class, and masked out where VFR sums over classes. Peak memory
+then follows the chunk size, not C, and the graphs take any C ≥ 1 and any batch size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch._higher_order_ops.scan import scan
+
+from sigrl.gmc import DenseGATv2, LabelGraph
+from sigrl.model import SigRL
+from sigrl.svfr import SemanticReconstruction
+
+
+def _chunked(x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Pad dim 0 with zero rows to a multiple of ``chunk`` and split it: (n_chunks, chunk, ...)."""
+    size = x.shape[0]
+    num_chunks = (size + chunk - 1) // chunk  # ceil-div keeps n_chunks·chunk provable for torch.export
+    padded = F.pad(x, [0, 0] * (x.ndim - 1) + [0, num_chunks * chunk - size])
+    return padded.unflatten(0, (num_chunks, chunk))
+
+
+def _unchunked(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Inverse of :func:`_chunked` for scan outputs (n_chunks, chunk, ...): merge and drop the padding.
+
+    Chunks stay in dim 0 throughout, and the padding is dropped with ``index_select`` rather than a
+    slice: moving a dynamic chunk axis or slicing makes torch.export guard on C (C ≥ 2 chunks, C not a
+    multiple of the chunk size), and the exported graph would no longer take every C.
+    """
+    return x.flatten(0, 1).index_select(0, torch.arange(size, device=x.device))
+
+
+def _gat_layer(layer: DenseGATv2, h: torch.Tensor) -> torch.Tensor:
+    """One GATv2 layer with the target nodes scanned in chunks (eval mode: no dropout)."""
+    num_nodes = h.shape[0]
+    wh = layer.lin(h).view(num_nodes, layer.heads, layer.head_dim)
+
+    def step(carry: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return carry.clone(), layer.attend(targets, wh)
+
+    _, out = scan(step, wh.new_zeros(()), _chunked(wh, layer.node_chunk))
+    return _unchunked(out, num_nodes).reshape(num_nodes, layer.heads * layer.head_dim)
+
+
+class TextGMCGraph(nn.Module):
+    """Text engine: token ids (C×L, int32) → (label_emb T, graph_emb G), both C×D."""
+
+    def __init__(self, model: SigRL) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        label_emb = self.model.encode_tokens(token_ids)
+        gmc: LabelGraph = self.model.gmc
+        hidden = F.elu(_gat_layer(gmc.layer1, label_emb))
+        return label_emb, _gat_layer(gmc.layer2, hidden)
+
+
+class ImageSVFRGraph(nn.Module):
+    """Image engine: images (B×3×H×W) and a vocabulary (T, G: C×D) → scores B×C."""
+
+    def __init__(self, model: SigRL) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, label_emb: torch.Tensor, graph_emb: torch.Tensor) -> torch.Tensor:
+        svfr: SemanticReconstruction = self.model.svfr
+        chunk = svfr.class_chunk
+        global_feat, patches = self.model.encode_image(images)
+        num_classes = label_emb.shape[0]
+
+        def sda_step(carry: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return carry.clone(), svfr.sda_chunk(patches, labels[None]).transpose(0, 1)  # k×B×D
+
+        _, sda = scan(sda_step, patches.new_zeros(()), _chunked(label_emb, chunk))  # n×k×B×D
+        fused = svfr.fuse_classes(_unchunked(sda, num_classes).transpose(0, 1), label_emb, graph_emb)
+
+        real = _chunked(torch.ones_like(label_emb[:, 0]), chunk)  # n×k: 1 for real classes, 0 for padding
+
+        def vfr_step(weights: torch.Tensor, xs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            fused_chunk, mask = xs  # k×B×D, k
+            beta = svfr.attend(svfr.vfr_proj, patches, fused_chunk.transpose(0, 1))  # B×P×k×D
+            weights = weights + (beta * mask[None, None, :, None]).sum(dim=2)
+            return weights, weights.new_zeros(())
+
+        weights, _ = scan(vfr_step, torch.zeros_like(patches), (_chunked(fused.transpose(0, 1), chunk), real))
+        return svfr.score(global_feat, patches * weights, label_emb)

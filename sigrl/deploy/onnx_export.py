@@ -1,0 +1,127 @@
+"""Export a trained model as two self-contained ONNX graphs: ``text_gmc.onnx`` and ``image_svfr.onnx``.
+
+The dynamo-based exporter (``torch.onnx.export(..., dynamo=True)``) at opset 18, one file per engine
+(``external_data=False``; the vit-b16 graphs are well under 2 GB). Each graph gets the full
+``onnx.checker`` check and strict shape inference, and carries metadata (config, preprocessing,
+prompt template, checkpoint hash, opset) that Triton and the parity tools read back. Both files are
+written to a temporary folder beside the output and renamed into place only when both succeeded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+import sigrl
+from sigrl.checkpoint import load_checkpoint
+from sigrl.deploy.engines import EngineSpec, engine_specs
+from sigrl.deploy.graphs import ImageSVFRGraph, TextGMCGraph
+from sigrl.model import SigRL
+
+OPSET = 18
+METADATA_PREFIX = "sigrl."
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def engine_metadata(model: SigRL, spec: EngineSpec, checkpoint_sha256: str | None) -> dict[str, str]:
+    """What a consumer of one engine file needs besides the graph, as ONNX ``metadata_props``."""
+    config = model.config
+    size = config.vision_cfg["image_size"]
+    preprocess = {"image_size": size, "resize_shorter_side": round(size * 256 / 224), "center_crop": size,
+                  "interpolation": "bicubic", "mean": list(config.image_mean), "std": list(config.image_std),
+                  "layout": "NCHW", "color": "RGB", "scale": "1/255"}
+    values = {
+        "engine": spec.name, "config_name": model.config_name or "", "config": json.dumps(config.to_dict()),
+        "prompt_template": model.prompt_template, "preprocess": json.dumps(preprocess),
+        "vocabulary": json.dumps(model.vocabulary or []), "checkpoint_sha256": checkpoint_sha256 or "",
+        "opset": str(OPSET), "axis_ranges": json.dumps(spec.axis_ranges),
+        "sigrl_version": sigrl.__version__, "torch_version": torch.__version__,
+    }
+    return {METADATA_PREFIX + key: value for key, value in values.items()}
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The ``sigrl.*`` metadata of an exported engine, prefix removed (the weights are not loaded)."""
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key.removeprefix(METADATA_PREFIX): p.value for p in model.metadata_props
+            if p.key.startswith(METADATA_PREFIX)}
+
+
+def _name_dynamic_axes(model: onnx.ModelProto, spec: EngineSpec) -> None:
+    """Give graph inputs/outputs the spec's axis names (C, L, B) instead of the exporter's s0, s1, ..."""
+    tensors = {t.name: t for t in (*spec.inputs, *spec.outputs)}
+    for value in (*model.graph.input, *model.graph.output):
+        for axis, name in tensors[value.name].dynamic_axes().items():
+            value.type.tensor_type.shape.dim[axis].dim_param = name
+
+
+def export_engine(module: nn.Module, spec: EngineSpec, example: tuple[torch.Tensor, ...],
+                  metadata: dict[str, str], path: Path) -> onnx.ModelProto:
+    """Export one engine wrapper to ``path``, checked; returns the saved model proto."""
+    with torch.no_grad():
+        program = torch.onnx.export(
+            module, example, input_names=spec.input_names, output_names=spec.output_names,
+            dynamic_shapes=spec.export_dynamic_shapes(), opset_version=OPSET, dynamo=True,
+            external_data=False, verbose=False)
+    model = program.model_proto
+    _name_dynamic_axes(model, spec)
+    onnx.helper.set_model_props(model, metadata)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    onnx.save(model, str(path))
+    return model
+
+
+def export_model(model: SigRL, out_dir: str | Path, checkpoint_sha256: str | None = None) -> dict[str, dict]:
+    """Write ``text_gmc.onnx`` and ``image_svfr.onnx`` into ``out_dir``; returns per-engine path, seconds, bytes.
+
+    The parameters are frozen first: with ``requires_grad`` on, the exporter fails inside the scan loops.
+    """
+    model = model.eval().requires_grad_(False)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text_spec, image_spec = engine_specs(model.config)
+    jobs = [(TextGMCGraph(model).eval(), text_spec), (ImageSVFRGraph(model).eval(), image_spec)]
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+    report = {}
+    try:
+        for module, spec in jobs:
+            start = time.perf_counter()
+            export_engine(module, spec, spec.example_inputs(), engine_metadata(model, spec, checkpoint_sha256),
+                          staging / spec.file_name)
+            report[spec.name] = {"seconds": time.perf_counter() - start,
+                                 "bytes": (staging / spec.file_name).stat().st_size}
+        for _, spec in jobs:
+            os.replace(staging / spec.file_name, out_dir / spec.file_name)
+            report[spec.name]["path"] = out_dir / spec.file_name
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, expect_config: str | None = None) -> dict[str, dict]:
+    """Load a sigrl checkpoint and export both engines (see :func:`export_model`).
+
+    ``expect_config`` guards against exporting a checkpoint of another configuration than intended.
+    """
+    model = load_checkpoint(checkpoint)
+    if expect_config is not None and model.config_name != expect_config:
+        raise ValueError(f"checkpoint {checkpoint} holds config {model.config_name!r}, not {expect_config!r}")
+    return export_model(model, out_dir, checkpoint_sha256=file_sha256(checkpoint))

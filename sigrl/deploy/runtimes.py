@@ -1,0 +1,152 @@
+"""Both engines behind one interface, whatever runs them (nanoowl style).
+
+A runtime takes numpy arrays and returns numpy arrays: ``encode_labels(token_ids) -> (T, G)`` once per
+vocabulary and ``score_images(images, T, G) -> scores`` per batch. Parity checks and benchmarks loop
+over runtimes (PyTorch eager, ONNX Runtime, and the TensorRT and Triton runtimes of later modules)
+instead of repeating code per runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sigrl.deploy.engines import ImageSVFREngine, TextGMCEngine, engine_specs
+from sigrl.deploy.onnx_export import read_metadata
+from sigrl.model import SigRL, SigRLConfig
+from sigrl.tokenizer import trim_token_ids
+
+
+def prepare_token_ids(token_ids: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Token ids as the text engine takes them: int32, cut to the longest prompt (see ``trim_token_ids``)."""
+    ids = torch.as_tensor(np.asarray(token_ids))
+    return np.ascontiguousarray(trim_token_ids(ids).numpy().astype(np.int32))
+
+
+class EngineRuntime(ABC):
+    """The text + GMC engine and the image + SVFR engine of one model, run by one backend."""
+
+    name: str
+
+    @property
+    @abstractmethod
+    def provider(self) -> str:
+        """Where the engines actually run (e.g. ``cpu``, ``cuda:0``, ``CPUExecutionProvider``)."""
+
+    def encode_labels(self, token_ids: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(label_emb, graph_emb), both C×D float32, for CLIP token ids (C×77 from ``sigrl.tokenize``)."""
+        return self._encode_labels(prepare_token_ids(token_ids))
+
+    def score_images(self, images: np.ndarray, label_emb: np.ndarray, graph_emb: np.ndarray) -> np.ndarray:
+        """Scores B×C for normalised images B×3×H×W against an encoded vocabulary."""
+        return self._score_images(np.ascontiguousarray(images, dtype=np.float32),
+                                  np.ascontiguousarray(label_emb, dtype=np.float32),
+                                  np.ascontiguousarray(graph_emb, dtype=np.float32))
+
+    def predict(self, images: np.ndarray, token_ids: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Both engines composed: scores B×C of ``images`` against the labels in ``token_ids``."""
+        return self.score_images(images, *self.encode_labels(token_ids))
+
+    @abstractmethod
+    def _encode_labels(self, token_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @abstractmethod
+    def _score_images(self, images: np.ndarray, label_emb: np.ndarray, graph_emb: np.ndarray) -> np.ndarray: ...
+
+
+class TorchRuntime(EngineRuntime):
+    """The eager PyTorch model: the reference every exported engine is compared with."""
+
+    name = "torch"
+
+    def __init__(self, model: SigRL, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+
+    @property
+    def provider(self) -> str:
+        return str(self.device)
+
+    @torch.no_grad()
+    def _encode_labels(self, token_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids = torch.from_numpy(token_ids).to(self.device, torch.long)
+        return tuple(t.float().cpu().numpy() for t in self.model.encode_labels(ids))
+
+    @torch.no_grad()
+    def _score_images(self, images: np.ndarray, label_emb: np.ndarray, graph_emb: np.ndarray) -> np.ndarray:
+        tensors = [torch.from_numpy(a).to(self.device) for a in (images, label_emb, graph_emb)]
+        return self.model.score_images(*tensors).float().cpu().numpy()
+
+
+def engine_config(engine_dir: str | Path) -> SigRLConfig:
+    """The model configuration recorded in the exported engines' metadata (clear error if they are missing)."""
+    engine_dir = Path(engine_dir)
+    missing = [s.file_name for s in (TextGMCEngine, ImageSVFREngine) if not (engine_dir / s.file_name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{engine_dir} lacks {', '.join(missing)}: create them with `sigrl export`")
+    metadata = read_metadata(engine_dir / TextGMCEngine.file_name)
+    if "config" not in metadata:
+        raise ValueError(f"{engine_dir / TextGMCEngine.file_name} has no sigrl metadata: not exported by sigrl")
+    return SigRLConfig(**json.loads(metadata["config"]))
+
+
+def ort_providers(device: str) -> list[str]:
+    """Execution providers to ask ONNX Runtime for: ``cpu``, ``cuda``, or ``auto`` (CUDA when installed)."""
+    import onnxruntime as ort
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device == "cuda" and not has_cuda:
+        raise RuntimeError("device='cuda' needs onnxruntime-gpu (pip install -e '.[gpu]'); "
+                           f"this onnxruntime offers {ort.get_available_providers()}")
+    if device == "cpu" or not has_cuda:
+        return ["CPUExecutionProvider"]
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+class OnnxRuntime(EngineRuntime):
+    """The two exported ONNX graphs in ONNX Runtime sessions, inputs checked against the engine specs.
+
+    A session silently falls back to CPU when the CUDA libraries are missing, so the provider in use
+    is read back from the session, reported as :attr:`provider`, and a fallback raises a warning.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, engine_dir: str | Path, device: str = "auto", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        engine_dir = Path(engine_dir)
+        self.text_spec, self.image_spec = engine_specs(engine_config(engine_dir))
+        requested = ort_providers(device)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.sessions = {spec.name: ort.InferenceSession(str(engine_dir / spec.file_name), options, providers=requested)
+                         for spec in (self.text_spec, self.image_spec)}
+        active = self.sessions[ImageSVFREngine.name].get_providers()
+        if active[0] != requested[0]:
+            warnings.warn(f"ONNX Runtime fell back from {requested[0]} to {active[0]} "
+                          "(are the CUDA/cuDNN libraries onnxruntime-gpu needs installed?)", RuntimeWarning)
+        self._provider = active[0]
+
+    @property
+    def provider(self) -> str:
+        return self._provider
+
+    def _encode_labels(self, token_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        feeds = {"token_ids": token_ids}
+        self.text_spec.check_inputs(feeds)
+        label_emb, graph_emb = self.sessions[self.text_spec.name].run(self.text_spec.output_names, feeds)
+        return label_emb, graph_emb
+
+    def _score_images(self, images: np.ndarray, label_emb: np.ndarray, graph_emb: np.ndarray) -> np.ndarray:
+        feeds = {"images": images, "label_emb": label_emb, "graph_emb": graph_emb}
+        self.image_spec.check_inputs(feeds)
+        return self.sessions[self.image_spec.name].run(self.image_spec.output_names, feeds)[0]

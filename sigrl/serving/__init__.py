@@ -1,0 +1,1 @@
+"""Serving: run the exported engines behind NVIDIA Triton Inference Server."""
