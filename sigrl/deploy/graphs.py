@@ -63,6 +63,18 @@ class TextGMCGraph(nn.Module):
         return label_emb, _gat_layer(gmc.layer2, hidden)
 
 
+def _attend(proj: nn.Linear, patches: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """``SemanticReconstruction.attend`` with the softmax over patches written out.
+
+    ONNX Runtime's Softmax over a non-last axis transposes the whole B×P×c×D tensor there and back;
+    in the vit-b16 image engine that took most of the run time. Max, exp and sums over the patch axis
+    give the same values without the transposes.
+    """
+    logits = proj(torch.tanh(patches[:, :, None, :] * queries[:, None, :, :]))
+    weights = (logits - logits.amax(dim=1, keepdim=True)).exp()
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
 class ImageSVFRGraph(nn.Module):
     """Image engine: images (B×3×H×W) and a vocabulary (T, G: C×D) → scores B×C."""
 
@@ -77,7 +89,8 @@ class ImageSVFRGraph(nn.Module):
         num_classes = label_emb.shape[0]
 
         def sda_step(carry: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return carry.clone(), svfr.sda_chunk(patches, labels[None]).transpose(0, 1)  # k×B×D
+            alpha = _attend(svfr.sda_proj, patches, labels[None].expand(patches.shape[0], -1, -1))
+            return carry.clone(), (alpha * patches[:, :, None, :]).sum(dim=1).transpose(0, 1)  # S: k×B×D
 
         _, sda = scan(sda_step, patches.new_zeros(()), _chunked(label_emb, chunk))  # n×k×B×D
         fused = svfr.fuse_classes(_unchunked(sda, num_classes).transpose(0, 1), label_emb, graph_emb)
@@ -86,7 +99,7 @@ class ImageSVFRGraph(nn.Module):
 
         def vfr_step(weights: torch.Tensor, xs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
             fused_chunk, mask = xs  # k×B×D, k
-            beta = svfr.attend(svfr.vfr_proj, patches, fused_chunk.transpose(0, 1))  # B×P×k×D
+            beta = _attend(svfr.vfr_proj, patches, fused_chunk.transpose(0, 1))  # B×P×k×D
             weights = weights + (beta * mask[None, None, :, None]).sum(dim=2)
             return weights, weights.new_zeros(())
 
