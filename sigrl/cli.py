@@ -1,4 +1,4 @@
-"""The ``sigrl`` command: ``demo``, ``train``, ``eval``, ``params``, ``export`` and ``parity`` over one model registry."""
+"""The ``sigrl`` command: train, eval, export, parity, triton-repo, serve, tag (and demo) over one model registry."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from sigrl.checkpoint import load_checkpoint, read_checkpoint
@@ -130,32 +131,138 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_triton_repo(args: argparse.Namespace) -> int:
+    from sigrl.serving.repository import build_repository
+
+    repo = build_repository(Path(args.engines), args.runtime, Path(args.out), max_batch=args.max_batch,
+                            overwrite=args.overwrite)
+    print(f"Triton model repository ({args.runtime} runtime) written to {repo}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from sigrl.serving.server import TritonServer
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with TritonServer(Path(args.repo), grpc_port=args.grpc_port, http_port=args.http_port, host=args.host) as server:
+        print(f"Triton ready: gRPC {server.grpc_url}, HTTP {server.http_url} (Ctrl-C stops it)", flush=True)
+        try:
+            while not stop.wait(1.0):
+                if not server.is_ready():
+                    print("Triton is no longer ready; stopping", file=sys.stderr)
+                    return 1
+        except KeyboardInterrupt:
+            pass
+        print("stopping Triton ...", flush=True)
+    return 0
+
+
+def _read_thresholds(path: str | None, default: float | None) -> dict[str, float] | float | None:
+    """Per-class thresholds from a JSON file ``{label: threshold}``, else the single ``--threshold``."""
+    if path is None:
+        return default
+    values = json.loads(Path(path).read_text())
+    if not isinstance(values, dict) or not all(isinstance(v, (int, float)) for v in values.values()):
+        raise SystemExit(f"{path} must hold a JSON object {{label: threshold}}")
+    return {str(k): float(v) for k, v in values.items()}
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    from sigrl.serving.client import SigRLClient
+
+    labels = [name.strip() for name in args.labels.split(",")] if args.labels else None
+    thresholds = _read_thresholds(args.thresholds, args.threshold)
+    client = SigRLClient(args.url)
+    images = []
+    for path in args.images:
+        try:
+            images.append(Path(path).read_bytes())
+        except OSError as err:
+            raise SystemExit(f"cannot read image {path}: {err}") from err
+    for tagging in client.tag(args.images, images, labels, args.top_k):
+        ranked = sorted(tagging.scores.items(), key=lambda item: -item[1])
+        if isinstance(thresholds, dict):
+            default = thresholds.get("*", float("-inf"))
+            ranked = [(n, s) for n, s in ranked if s >= thresholds.get(n, default)]
+        elif thresholds is not None:
+            ranked = [(n, s) for n, s in ranked if s >= thresholds]
+        kept = ranked[:args.top_k]
+        if args.json:
+            print(json.dumps({"image": tagging.image, "scores": tagging.scores,
+                              "top": [{"label": n, "score": s} for n, s in kept]}))
+        else:
+            print(f"{tagging.image}: " + (", ".join(f"{n} ({s:.3f})" for n, s in kept) or "(no label above threshold)"))
+    client.close()
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Train ``tiny`` on the synthetic shapes, evaluate it, and show the top labels of a few test images."""
+    """The whole chain on the built-in default: train ``tiny`` on synthetic shapes, evaluate, export,
+    serve with Triton, tag images over gRPC, and compare served with in-process scores and latency."""
     from sigrl.data import build_dataset
-    from sigrl.evaluation import evaluate_dataset, format_report, predict
+    from sigrl.deploy.onnx_export import export_checkpoint
+    from sigrl.evaluation import evaluate_dataset, format_report
+    from sigrl.serving.client import SigRLClient, TritonRuntime
+    from sigrl.serving.measure import InProcessTagger, latency, png_bytes
+    from sigrl.serving.repository import build_repository
+    from sigrl.serving.server import TritonServer
     from sigrl.training import recipe_for, train
 
-    config = recipe_for("tiny", out=args.out, max_steps=args.max_steps)
-    print(f"training 'tiny' on synthetic shapes for {config.epochs} epochs (CPU, about a minute) ...")
+    out = Path(args.out)
+    config = recipe_for("tiny", out=str(out), max_steps=args.max_steps)
+    print(f"[1/5] training 'tiny' on synthetic shapes for {config.epochs} epochs (CPU, a minute or two) ...")
     train(config)
-    model = load_checkpoint(Path(args.out) / "best.pt")
-    print("\nsynthetic test set, tiny model:")
+    checkpoint = out / "best.pt"
+    model = load_checkpoint(checkpoint)
     print(format_report(evaluate_dataset(model, "synthetic", split="test")))
+
+    print("[2/5] exporting ONNX engines ...")
+    export_checkpoint(checkpoint, out / "engines")
+    print("[3/5] building the Triton model repository (python runtime: ONNX Runtime inside Triton) ...")
+    repo = build_repository(out / "engines", "python", out / "triton_repo", overwrite=True)
+
     test = build_dataset("synthetic", "test", image_size=model.config.vision_cfg["image_size"], num_images=4)
-    scores = predict(model, test, {"vocab": model.vocabulary})["vocab"]
-    print("\ntop labels of 4 test images (score), against the ground truth:")
-    for row, labels in zip(scores, test.labels):
-        top = sorted(range(len(row)), key=lambda c: -row[c])[:4]
-        truth = [model.vocabulary[c] for c in range(len(row)) if labels[c] > 0]
-        print("  " + ", ".join(f"{model.vocabulary[c]} ({row[c]:.2f})" for c in top) + f"   | truth: {', '.join(truth)}")
+    images = [png_bytes(image) for image in test.images]
+    names = [f"test-{i}.png" for i in range(len(images))]
+    print("[4/5] starting Triton and tagging 4 synthetic test images over gRPC ...")
+    with TritonServer(repo) as server:
+        client = SigRLClient(server.grpc_url)
+        for tagging, labels in zip(client.tag(names, images, top_k=4), test.labels):
+            truth = [model.vocabulary[c] for c in range(len(labels)) if labels[c] > 0]
+            print(f"  {tagging.image}: " + ", ".join(f"{n} ({s:.2f})" for n, s in tagging.top)
+                  + f"   | truth: {', '.join(truth)}")
+
+        print("[5/5] served vs in-process ONNX Runtime (same engines, same images):")
+        local = InProcessTagger(out / "engines")
+        vocabulary = model.vocabulary
+        served_scores, _ = client.infer(images, vocabulary)
+        local_scores = local.scores(images, vocabulary)
+        print(f"  entry model scores, max abs difference: {np.abs(served_scores - local_scores).max():.2e}")
+        torch_scores = TorchRuntime(model).score_images(local.pixels(images), *local.runtime.encode_labels(
+            model.tokenize(vocabulary).numpy()))
+        print(f"  vs PyTorch eager, max abs difference:   {np.abs(served_scores - torch_scores).max():.2e}")
+        served_engine = TritonRuntime(server.grpc_url).predict(local.pixels(images), model.tokenize(vocabulary))
+        print(f"  engine models over gRPC vs in process:  "
+              f"{np.abs(served_engine - local.runtime.predict(local.pixels(images), model.tokenize(vocabulary))).max():.2e}")
+        one = images[:1]
+        served = latency(lambda: client.infer(one, vocabulary), repeats=50)
+        in_process = latency(lambda: local.scores(one, vocabulary), repeats=50)
+        print(f"  latency of one image, {len(vocabulary)} labels (cached vocabulary), 50 requests: "
+              f"served p50 {served['p50_ms']:.1f} ms / p95 {served['p95_ms']:.1f} ms; "
+              f"in process p50 {in_process['p50_ms']:.1f} ms / p95 {in_process['p95_ms']:.1f} ms")
+        client.close()
+    print("Triton stopped. Files in", out)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sigrl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="train tiny on synthetic data, evaluate, print top labels")
+    demo = commands.add_parser("demo", help="train tiny, evaluate, export, serve with Triton, tag over gRPC")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--max-steps", type=int)
     demo.set_defaults(func=cmd_demo)
@@ -190,6 +297,29 @@ def build_parser() -> argparse.ArgumentParser:
     parity.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="ONNX Runtime device")
     parity.add_argument("--json", help="write the rows as JSON here")
     parity.set_defaults(func=cmd_parity)
+    repo = commands.add_parser("triton-repo", help="build a Triton model repository from exported engines")
+    repo.add_argument("--engines", required=True, help="folder written by `sigrl export`")
+    repo.add_argument("--runtime", default="python", choices=("python", "onnxruntime", "tensorrt"),
+                      help="python: ONNX Runtime in python-backend models (runs on the bundled CPU server)")
+    repo.add_argument("--out", required=True)
+    repo.add_argument("--max-batch", type=int, default=32, help="images per batch of the entry model")
+    repo.add_argument("--overwrite", action="store_true", help="replace an existing repository")
+    repo.set_defaults(func=cmd_triton_repo)
+    serve = commands.add_parser("serve", help="run the Triton server bundled in nvidia-pytriton on a repository")
+    serve.add_argument("--repo", required=True)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    serve.add_argument("--grpc-port", type=int, help="default: a free port")
+    serve.add_argument("--http-port", type=int, help="default: a free port")
+    serve.set_defaults(func=cmd_serve)
+    tag = commands.add_parser("tag", help="tag images over gRPC with labels chosen per request")
+    tag.add_argument("images", nargs="+", metavar="IMAGE")
+    tag.add_argument("--url", default="127.0.0.1:8001", help="gRPC address HOST:PORT")
+    tag.add_argument("--labels", help="comma-separated label names (default: the served default vocabulary)")
+    tag.add_argument("--top-k", type=int, default=5)
+    tag.add_argument("--threshold", type=float, help="only print labels scoring at least this")
+    tag.add_argument("--thresholds", help='JSON file {"label": threshold, "*": default} of per-class thresholds')
+    tag.add_argument("--json", action="store_true", help="one JSON object per image")
+    tag.set_defaults(func=cmd_tag)
     return parser
 
 

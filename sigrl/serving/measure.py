@@ -1,0 +1,75 @@
+"""Latency of a served request against the same work done in process, as printed by the demo and benchmarks.
+
+A served ``sigrl`` request is: decode + evaluation transform, then the image engine against a cached
+vocabulary. :class:`InProcessTagger` does exactly that with ONNX Runtime in this process, so the two
+differ only by what serving adds (gRPC, Triton's scheduler, BLS calls between models).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sigrl.data.transforms import build_transform
+from sigrl.deploy.onnx_export import read_metadata
+from sigrl.deploy.runtimes import OnnxRuntime
+from sigrl.tokenizer import tokenize
+
+
+class InProcessTagger:
+    """Image bytes + label names → scores with the exported engines in this process (vocabulary cached)."""
+
+    def __init__(self, engine_dir: str | Path, device: str = "cpu") -> None:
+        self.runtime = OnnxRuntime(engine_dir, device=device)
+        meta = read_metadata(Path(engine_dir) / self.runtime.image_spec.file_name)
+        pre = json.loads(meta["preprocess"])
+        self.template = meta["prompt_template"]
+        self.transform = build_transform(pre["image_size"], False, pre["mean"], pre["std"])
+        self._cache: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
+
+    def pixels(self, images: list[bytes]) -> np.ndarray:
+        """The evaluation transform of each encoded image, stacked B×3×H×W."""
+        return np.stack([self.transform(Image.open(io.BytesIO(b)).convert("RGB")).numpy() for b in images])
+
+    def scores(self, images: list[bytes], labels: list[str]) -> np.ndarray:
+        key = tuple(labels)
+        if key not in self._cache:
+            self._cache[key] = self.runtime.encode_labels(tokenize(labels, self.template).numpy())
+        return self.runtime.score_images(self.pixels(images), *self._cache[key])
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """An H×W×3 uint8 image encoded as PNG."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def latency(call: Callable[[], object], repeats: int, warmup: int = 3) -> dict[str, float]:
+    """p50/p95/mean milliseconds of ``call`` run ``repeats`` times one after another."""
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - start) * 1e3)
+    samples.sort()
+    return {"p50_ms": statistics.median(samples), "p95_ms": samples[min(len(samples) - 1, int(0.95 * len(samples)))],
+            "mean_ms": statistics.fmean(samples)}
+
+
+def throughput(call: Callable[[], object], requests: int, concurrency: int) -> float:
+    """Requests per second of ``call`` issued ``requests`` times from ``concurrency`` threads."""
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(lambda _: call(), range(requests)))
+    return requests / (time.perf_counter() - start)
