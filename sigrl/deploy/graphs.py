@@ -63,16 +63,17 @@ class TextGMCGraph(nn.Module):
         return label_emb, _gat_layer(gmc.layer2, hidden)
 
 
-def _attend(proj: nn.Linear, patches: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-    """``SemanticReconstruction.attend`` with the softmax over patches written out.
+def _softmax_parts(proj: nn.Linear, patches: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``SemanticReconstruction.attend`` laid out for ONNX Runtime: (exp weights B×c×P×D, their sum B×c×D).
 
-    ONNX Runtime's Softmax over a non-last axis transposes the whole B×P×c×D tensor there and back;
-    in the vit-b16 image engine that took most of the run time. Max, exp and sums over the patch axis
-    give the same values without the transposes.
+    The eager model works in B×P×c×D and calls softmax over P. In ONNX Runtime a Softmax or a reduction
+    over that middle axis is slow (it transposes the whole tensor, or reduces with a large stride): it
+    took most of the vit-b16 image engine's time. With classes before patches, and the normalisation
+    left to the caller, the same values come 2x faster. softmax_P(logits) = weights / sum.
     """
-    logits = proj(torch.tanh(patches[:, :, None, :] * queries[:, None, :, :]))
-    weights = (logits - logits.amax(dim=1, keepdim=True)).exp()
-    return weights / weights.sum(dim=1, keepdim=True)
+    logits = proj(torch.tanh(queries[:, :, None, :] * patches[:, None, :, :]))
+    weights = (logits - logits.amax(dim=2, keepdim=True)).exp()
+    return weights, weights.sum(dim=2)
 
 
 class ImageSVFRGraph(nn.Module):
@@ -89,19 +90,21 @@ class ImageSVFRGraph(nn.Module):
         num_classes = label_emb.shape[0]
 
         def sda_step(carry: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            alpha = _attend(svfr.sda_proj, patches, labels[None].expand(patches.shape[0], -1, -1))
-            return carry.clone(), (alpha * patches[:, :, None, :]).sum(dim=1).transpose(0, 1)  # S: k×B×D
+            weights, total = _softmax_parts(svfr.sda_proj, patches, labels[None].expand(patches.shape[0], -1, -1))
+            sda = (weights * patches[:, None]).sum(dim=2) / total  # S = Σ_p α V: B×k×D
+            return carry.clone(), sda.transpose(0, 1)
 
         _, sda = scan(sda_step, patches.new_zeros(()), _chunked(label_emb, chunk))  # n×k×B×D
         fused = svfr.fuse_classes(_unchunked(sda, num_classes).transpose(0, 1), label_emb, graph_emb)
 
         real = _chunked(torch.ones_like(label_emb[:, 0]), chunk)  # n×k: 1 for real classes, 0 for padding
 
-        def vfr_step(weights: torch.Tensor, xs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        def vfr_step(gate: torch.Tensor, xs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
             fused_chunk, mask = xs  # k×B×D, k
-            beta = _attend(svfr.vfr_proj, patches, fused_chunk.transpose(0, 1))  # B×P×k×D
-            weights = weights + (beta * mask[None, None, :, None]).sum(dim=2)
-            return weights, weights.new_zeros(())
+            weights, total = _softmax_parts(svfr.vfr_proj, patches, fused_chunk.transpose(0, 1))
+            scale = mask[None, :, None] / total  # 1/Σ_p for real classes, 0 for padding: B×k×D
+            gate = gate + (weights * scale[:, :, None, :]).sum(dim=1)  # Σ_c β over this chunk: B×P×D
+            return gate, gate.new_zeros(())
 
-        weights, _ = scan(vfr_step, torch.zeros_like(patches), (_chunked(fused.transpose(0, 1), chunk), real))
-        return svfr.score(global_feat, patches * weights, label_emb)
+        gate, _ = scan(vfr_step, torch.zeros_like(patches), (_chunked(fused.transpose(0, 1), chunk), real))
+        return svfr.score(global_feat, patches * gate, label_emb)
