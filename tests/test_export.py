@@ -220,3 +220,10 @@ def test_parity_command_reports_and_passes(tiny_engines, capsys, tmp_path):
     assert code == 0, out
     assert "CPUExecutionProvider" in out and "12/12 comparisons within tolerance" in out
     assert len(json.loads((tmp_path / "parity.json").read_text())) == 12
+
+
+def test_export_command_names_the_problem_without_a_traceback(tmp_path, capsys):
+    from sigrl.cli import main
+
+    assert main(["export", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "out")]) == 2
+    assert "sigrl export: error: checkpoint not found" in capsys.readouterr().err

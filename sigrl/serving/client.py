@@ -8,13 +8,13 @@ any in-process runtime.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from sigrl.deploy.runtimes import EngineRuntime
-
-ENTRY_MODEL = "sigrl"
+from sigrl.serving.backend import ENTRY_MODEL, PARAM_DEFAULT_VOCABULARY
 
 
 def _grpc():
@@ -71,7 +71,7 @@ class SigRLClient:
     def vocabulary(self) -> list[str]:
         """The default vocabulary: the labels the served model was trained on."""
         config = self.client.get_model_config(ENTRY_MODEL, as_json=True)["config"]
-        return [s for s in config["parameters"]["default_vocabulary"]["string_value"].split("\n") if s]
+        return json.loads(config["parameters"][PARAM_DEFAULT_VOCABULARY]["string_value"])
 
     def tag(self, names: list[str], images: list[bytes], labels: list[str] | None = None,
             top_k: int = 5) -> list[Tagging]:

@@ -277,13 +277,14 @@ class TritonServer:
     def stop(self) -> None:
         """Stop the server and its python stubs and remove their shared memory; safe to call twice.
 
-        SIGINT lets Triton unload the models and stop the stubs; whatever is left of the process
+        SIGTERM lets Triton unload the models and stop the stubs (SIGINT would be ignored when this process
+        was started in the background by a shell, which marks SIGINT ignored for it); whatever is left of the process
         group after ~10 s is killed, and ``/dev/shm`` files with this server's prefix are removed.
         """
         proc, self._proc = self._proc, None
         if proc is not None:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(signal.SIGTERM)
                 try:
                     proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:

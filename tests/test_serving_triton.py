@@ -1,0 +1,431 @@
+"""The SigRL model repository served by a real Triton Inference Server, checked with the real tritonclient.
+
+One server (the binary bundled in nvidia-pytriton, CPU) serves a ``python``-runtime repository built
+from the trained tiny engines for the whole module. Served results are compared with in-process
+ONNX Runtime (bit for bit) and PyTorch (within 1e-5); then the vocabulary cache, dynamic batching,
+per-request errors, direct engine calls and concurrent clients are exercised; the last test stops
+the server and checks that nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import queue
+import statistics
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("pytriton", reason='needs nvidia-pytriton (pip install -c constraints.txt -e ".[serve]")')
+
+import tritonclient.grpc as grpcclient  # noqa: E402
+import tritonclient.http as httpclient  # noqa: E402
+from test_serving_server import assert_nothing_left  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+import sigrl  # noqa: E402
+from sigrl.data.transforms import build_transform  # noqa: E402
+from sigrl.deploy.onnx_export import read_metadata  # noqa: E402
+from sigrl.deploy.runtimes import OnnxRuntime, TorchRuntime, prepare_token_ids  # noqa: E402
+from sigrl.serving.repository import build_repository  # noqa: E402
+from sigrl.serving.server import TritonServer  # noqa: E402
+
+MAX_IMAGE_BYTES = 64 * 1024
+MODELS = ("image_svfr", "preprocess", "sigrl", "text_gmc")
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def png_bytes(width: int, height: int, seed: int) -> bytes:
+    """A random RGB image as PNG bytes (non-square sizes exercise the resize + centre crop)."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def local_pixels(images: Sequence[bytes]) -> np.ndarray:
+    """The evaluation transform applied in this process to the decoded images."""
+    transform = build_transform(64, False, MEAN, STD)
+    return np.stack([transform(Image.open(io.BytesIO(b)).convert("RGB")).numpy() for b in images])
+
+
+def bytes_tensor(name: str, rows: list[list[bytes]]) -> grpcclient.InferInput:
+    array = np.empty((len(rows), len(rows[0]) if rows else 0), dtype=object)
+    for i, row in enumerate(rows):
+        array[i, :] = row
+    tensor = grpcclient.InferInput(name, list(array.shape), "BYTES")
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def numpy_tensor(name: str, array: np.ndarray, datatype: str) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def entry_inputs(images: Sequence[bytes], labels: Sequence[str | bytes] | None = None,
+                 top_k: int | None = None) -> list[grpcclient.InferInput]:
+    """Inputs of one ``sigrl`` request: N images, the same label row for each, one top_k for each."""
+    inputs = [bytes_tensor("image", [[b] for b in images])]
+    if labels is not None:
+        row = [n.encode() if isinstance(n, str) else n for n in labels]
+        inputs.append(bytes_tensor("labels", [row] * len(images)))
+    if top_k is not None:
+        inputs.append(numpy_tensor("top_k", np.full((len(images), 1), top_k, np.int32), "INT32"))
+    return inputs
+
+
+def infer_concurrently(client: grpcclient.InferenceServerClient, model: str,
+                       requests: Sequence[list[grpcclient.InferInput]]) -> list:
+    """Send all ``requests`` at once (async gRPC) and return each one's result or exception, in order."""
+    done: queue.Queue = queue.Queue()
+    for index, inputs in enumerate(requests):
+        client.async_infer(model, inputs, callback=lambda result, error, i=index: done.put((i, result, error)))
+    answers: list = [None] * len(requests)
+    for _ in requests:
+        index, result, error = done.get(timeout=60)
+        answers[index] = error if error is not None else result
+    return answers
+
+
+def model_stats(client: grpcclient.InferenceServerClient, model: str) -> tuple[int, int]:
+    """(inference_count, execution_count) of ``model`` so far."""
+    stats = client.get_inference_statistics(model).model_stats[0]
+    return stats.inference_count, stats.execution_count
+
+
+def stats_after(client: grpcclient.InferenceServerClient, model: str, before: tuple[int, int],
+                inferences: int, timeout: float = 10.0) -> tuple[int, int]:
+    """(inferences, executions) of ``model`` since ``before``, once ``inferences`` are counted.
+
+    The python backend reports a batch's statistics after its responses are sent, so a client can
+    see its answers a moment before the counts include them.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = tuple(now - then for now, then in zip(model_stats(client, model), before))
+        if counts[0] >= inferences or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_engines) -> Path:
+    return tiny_engines[1]
+
+
+@pytest.fixture(scope="module")
+def metadata(engines) -> dict[str, str]:
+    return read_metadata(engines / "text_gmc.onnx")
+
+
+@pytest.fixture(scope="module")
+def vocabulary(tiny_engines) -> list[str]:
+    return sigrl.load_checkpoint(tiny_engines[0]).vocabulary
+
+
+@pytest.fixture(scope="module")
+def ort_runtime(engines) -> OnnxRuntime:
+    return OnnxRuntime(engines, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def server(engines, tmp_path_factory):
+    repo = build_repository(engines, "python", tmp_path_factory.mktemp("triton") / "repo",
+                            max_image_bytes=MAX_IMAGE_BYTES, cache_size=8)
+    running = TritonServer(repo)
+    running.start(timeout=240)  # four python stubs each import torch: slow on a busy 2-core machine
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    yield client
+    client.close()
+
+
+def tokens(labels: Sequence[str], template: str) -> np.ndarray:
+    return prepare_token_ids(sigrl.tokenize(list(labels), template))
+
+
+# ------------------------------------------------------------------------------ health, metadata, parity
+
+
+def test_health_and_metadata_over_grpc_and_http(server, client):
+    http = httpclient.InferenceServerClient(server.http_url)
+    try:
+        for transport in (client, http):
+            assert transport.is_server_live() and transport.is_server_ready()
+            assert all(transport.is_model_ready(name) for name in MODELS)
+        entry = client.get_model_metadata("sigrl")
+        assert {(t.name, t.datatype, tuple(t.shape)) for t in entry.inputs} == {
+            ("image", "BYTES", (-1, 1)), ("labels", "BYTES", (-1, -1)), ("top_k", "INT32", (-1, 1))}
+        assert {(t.name, t.datatype, tuple(t.shape)) for t in entry.outputs} == {
+            ("scores", "FP32", (-1, -1)), ("top_labels", "BYTES", (-1, -1)), ("top_scores", "FP32", (-1, -1))}
+        image = http.get_model_metadata("image_svfr")
+        assert {t["name"]: (t["datatype"], t["shape"]) for t in image["inputs"]} == {
+            "images": ("FP32", [-1, 3, 64, 64]), "label_emb": ("FP32", [-1, 64]), "graph_emb": ("FP32", [-1, 64])}
+        config = http.get_model_config("sigrl")
+        assert config["parameters"]["max_image_bytes"]["string_value"] == str(MAX_IMAGE_BYTES)
+    finally:
+        http.close()
+
+
+def test_engine_models_equal_in_process_onnxruntime_bit_for_bit(client, ort_runtime, vocabulary, metadata):
+    ids = tokens(vocabulary, metadata["prompt_template"])
+    text = client.infer("text_gmc", [numpy_tensor("token_ids", ids, "INT32")])
+    label_emb, graph_emb = ort_runtime.encode_labels(ids)
+    np.testing.assert_array_equal(text.as_numpy("label_emb"), label_emb)
+    np.testing.assert_array_equal(text.as_numpy("graph_emb"), graph_emb)
+
+    images = np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    inputs = [numpy_tensor("images", images, "FP32"), numpy_tensor("label_emb", label_emb, "FP32"),
+              numpy_tensor("graph_emb", graph_emb, "FP32")]
+    served = client.infer("image_svfr", inputs).as_numpy("scores")
+    assert served.shape == (3, len(vocabulary))
+    np.testing.assert_array_equal(served, ort_runtime.score_images(images, label_emb, graph_emb))
+
+
+def test_entry_scores_equal_in_process_preprocessing_and_engines(client, ort_runtime, tiny_engines, vocabulary,
+                                                                 metadata):
+    """Bit for bit: the server decodes, transforms and scores exactly as this process does with the same
+    libraries, and a request with three images is one ``image_svfr`` call on the same batch."""
+    images = [png_bytes(96, 80, 1), png_bytes(64, 64, 2), png_bytes(70, 120, 3)]
+    labels = ["cyan", "star", "red", "circle", "made-up thing"]
+    result = client.infer("sigrl", entry_inputs(images, labels, top_k=3))
+    scores = result.as_numpy("scores")
+    pixels = local_pixels(images)
+    token_ids = sigrl.tokenize(labels, metadata["prompt_template"])
+    np.testing.assert_array_equal(scores, ort_runtime.predict(pixels, token_ids))
+    reference = TorchRuntime(sigrl.load_checkpoint(tiny_engines[0])).predict(pixels, token_ids)
+    np.testing.assert_allclose(scores, reference, rtol=0, atol=1e-5)
+
+    best = np.argsort(-scores, axis=1, kind="stable")[:, :3]
+    assert result.as_numpy("top_labels").tolist() == [[labels[c].encode() for c in row] for row in best]
+    np.testing.assert_array_equal(result.as_numpy("top_scores"), np.take_along_axis(scores, best, axis=1))
+
+    default = client.infer("sigrl", entry_inputs(images))  # no labels: the trained vocabulary, default top-k 5
+    np.testing.assert_array_equal(default.as_numpy("scores"),
+                                  ort_runtime.predict(pixels, sigrl.tokenize(vocabulary, metadata["prompt_template"])))
+    assert default.as_numpy("top_labels").shape == (3, 5)
+
+
+# ------------------------------------------------------------------------------ cache and batching
+
+
+def test_vocabulary_cache_hit_is_faster_than_a_miss(client):
+    """500 made-up labels: a miss tokenises them and runs ``text_gmc``; a hit reuses the embeddings.
+
+    Each round asks a new order of the same labels (a miss: the key is the ordered tuple), then the
+    same order again (a hit). ``text_gmc``'s own statistics count the misses.
+    """
+    image = [png_bytes(64, 64, 7)]
+    names = [f"made-up label {i}" for i in range(500)]
+    rng = np.random.default_rng(0)
+    misses, hits = [], []
+    text_before = model_stats(client, "text_gmc")
+    for _ in range(5):
+        order = [names[i] for i in rng.permutation(len(names))]
+        timings = []
+        for _ in range(2):
+            start = time.perf_counter()
+            client.infer("sigrl", entry_inputs(image, order, top_k=1))
+            timings.append(time.perf_counter() - start)
+        misses.append(timings[0])
+        hits.append(timings[1])
+    assert stats_after(client, "text_gmc", text_before, 5) == (5, 5)  # one text_gmc call per miss, none per hit
+    miss, hit = statistics.median(misses), statistics.median(hits)
+    print(f"\nvocabulary of 500 labels: cache miss {miss * 1e3:.1f} ms, hit {hit * 1e3:.1f} ms (medians of 5)")
+    assert hit < 0.7 * miss
+
+
+def test_dynamic_batching_merges_concurrent_requests(client):
+    """32 concurrent requests, half against 12 labels and half against 5 (ragged labels batch together):
+    fewer executions than requests, and one ``image_svfr`` call per vocabulary of a batch."""
+    image = [png_bytes(64, 64, 11)]
+    first = [f"label {i}" for i in range(12)]
+    second = [f"other {i}" for i in range(5)]
+    client.infer("sigrl", entry_inputs(image, first, 2))  # encode both vocabularies before counting
+    client.infer("sigrl", entry_inputs(image, second, 2))
+    entry_before, image_before = model_stats(client, "sigrl"), model_stats(client, "image_svfr")
+    requests = [entry_inputs(image, first if i % 2 else second, 2) for i in range(32)]
+    answers = infer_concurrently(client, "sigrl", requests)
+    assert all(not isinstance(a, Exception) for a in answers), [a for a in answers if isinstance(a, Exception)]
+    assert [a.as_numpy("scores").shape[1] for a in answers] == [12 if i % 2 else 5 for i in range(32)]
+    inferences, executions = stats_after(client, "sigrl", entry_before, 32)
+    image_calls = stats_after(client, "image_svfr", image_before, executions)[1]
+    print(f"\nsigrl: {inferences} inferences in {executions} executions; image_svfr: {image_calls} calls")
+    assert inferences == 32 and executions < inferences
+    assert image_calls <= 2 * executions and image_calls < 32
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+def _bad_requests(good: bytes) -> dict[str, tuple[list[grpcclient.InferInput], str]]:
+    """Requests that must fail, each with the message its error must contain."""
+    varying = bytes_tensor("labels", [[b"a", b"b"], [b"a", b"c"]])
+    return {
+        "corrupt image": (entry_inputs([b"\x89PNG but not really"], ["a"]), "image 0 is not in an image format"),
+        "truncated image": (entry_inputs([good[:100]], ["a"]), "image 0 cannot be decoded"),
+        "empty image": (entry_inputs([b""], ["a"]), "image 0 is empty"),
+        "image over the cap": (entry_inputs([b"x" * (MAX_IMAGE_BYTES + 1)], ["a"]),
+                               f"image 0 is {MAX_IMAGE_BYTES + 1} bytes, over the limit of {MAX_IMAGE_BYTES} bytes"),
+        "empty label list": (entry_inputs([good], []), "the label list is empty"),
+        "duplicate labels": (entry_inputs([good], ["cat", "dog", "fish", "bird", "cat"]),
+                             "duplicate label 'cat' at positions 0 and 4"),
+        "non-UTF-8 label": (entry_inputs([good], ["a", "b", "c", b"\xff\xfe"]), "label 3 is not valid UTF-8"),
+        "blank label": (entry_inputs([good], ["a", "   "]), "label 1 is blank"),
+        "too many labels": (entry_inputs([good], [f"l{i}" for i in range(1025)]),
+                            "1025 labels, more than the 1024 this server accepts"),
+        "top_k below 1": (entry_inputs([good], ["a"], top_k=0), "top_k must be at least 1, got 0"),
+        "labels differ per image": ([bytes_tensor("image", [[good], [good]]), varying],
+                                    "the labels of image 1 differ from those of image 0"),
+    }
+
+
+BAD_CASES = list(_bad_requests(b"").keys())
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_fails_its_request_and_the_server_keeps_serving(client, case):
+    good = png_bytes(64, 64, 5)
+    inputs, message = _bad_requests(good)[case]
+    with pytest.raises(InferenceServerException, match=message):
+        client.infer("sigrl", inputs)
+    assert client.is_server_ready() and client.is_model_ready("sigrl")
+    assert client.infer("sigrl", entry_inputs([good], ["a", "b"])).as_numpy("scores").shape == (1, 2)
+
+
+def test_bad_requests_do_not_fail_good_ones_batched_with_them(client):
+    good = png_bytes(64, 64, 6)
+    bad = _bad_requests(good)
+    requests, messages = [], []
+    for case in BAD_CASES:
+        requests += [bad[case][0], entry_inputs([good], ["x", "y", "z"], 2)]
+        messages += [bad[case][1], None]
+    answers = infer_concurrently(client, "sigrl", requests)
+    for answer, message in zip(answers, messages):
+        if message is None:
+            assert not isinstance(answer, Exception), answer
+            assert answer.as_numpy("top_labels").shape == (1, 2)
+        else:
+            assert isinstance(answer, InferenceServerException) and message in answer.message()
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "message"),
+    [
+        ("text_gmc", [("token_ids", np.zeros((2, 5), np.float32), "FP32")],
+         "inference input 'token_ids' data-type is 'FP32', but model 'text_gmc' expects 'INT32'"),
+        ("text_gmc", [("token_ids", np.zeros(5, np.int32), "INT32")], "unexpected shape for input 'token_ids'"),
+        ("text_gmc", [("token_ids", np.zeros((2, 78), np.int32), "INT32")],
+         r"text_gmc: axis L of 'token_ids' is 78, outside the engine's range \[2, 77\]"),
+        ("image_svfr", [("images", np.zeros((1, 3, 64, 64), np.float64), "FP64"),
+                        ("label_emb", np.zeros((3, 64), np.float32), "FP32"),
+                        ("graph_emb", np.zeros((3, 64), np.float32), "FP32")],
+         "inference input 'images' data-type is 'FP64', but model 'image_svfr' expects 'FP32'"),
+        ("image_svfr", [("images", np.zeros((1, 3, 32, 32), np.float32), "FP32"),
+                        ("label_emb", np.zeros((3, 64), np.float32), "FP32"),
+                        ("graph_emb", np.zeros((3, 64), np.float32), "FP32")],
+         "unexpected shape for input 'images'"),
+        ("image_svfr", [("images", np.zeros((1, 3, 64, 64), np.float32), "FP32"),
+                        ("label_emb", np.zeros((3, 64), np.float32), "FP32"),
+                        ("graph_emb", np.zeros((4, 64), np.float32), "FP32")],
+         "image_svfr: axis C of 'graph_emb' is 4, but 3 elsewhere"),
+        ("image_svfr", [("images", np.zeros((33, 3, 64, 64), np.float32), "FP32"),
+                        ("label_emb", np.zeros((3, 64), np.float32), "FP32"),
+                        ("graph_emb", np.zeros((3, 64), np.float32), "FP32")],
+         r"image_svfr: axis B of 'images' is 33, outside the engine's range \[1, 32\]"),
+    ],
+    ids=["text-dtype", "text-rank", "text-length", "image-dtype", "image-size", "image-class-mismatch",
+         "image-batch"],
+)
+def test_engine_models_reject_wrong_dtype_and_shape(client, model, inputs, message):
+    with pytest.raises(InferenceServerException, match=message):
+        client.infer(model, [numpy_tensor(*spec) for spec in inputs])
+    assert client.is_model_ready(model)
+
+
+# ------------------------------------------------------------------------------ load, shutdown
+
+
+def test_eight_concurrent_clients_make_1600_requests_without_error(server, ort_runtime, vocabulary, metadata):
+    images = [png_bytes(64, 64, 100 + i) for i in range(8)]
+    expected = ort_runtime.predict(local_pixels(images), sigrl.tokenize(vocabulary, metadata["prompt_template"]))
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def client_loop(worker: int) -> int:
+        grpc = grpcclient.InferenceServerClient(server.grpc_url)
+        answered = 0
+        try:
+            for _ in range(200):
+                try:
+                    scores = grpc.infer("sigrl", entry_inputs([images[worker]], top_k=3)).as_numpy("scores")
+                    # a row's scores may differ in the last bits with the batch it was scored in
+                    np.testing.assert_allclose(scores[0], expected[worker], rtol=0, atol=1e-5)
+                    answered += 1
+                except (InferenceServerException, AssertionError) as err:
+                    with lock:
+                        errors.append(f"client {worker}: {err}")
+        finally:
+            grpc.close()
+        return answered
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        answered = sum(pool.map(client_loop, range(8)))
+    seconds = time.perf_counter() - start
+    print(f"\n8 clients x 200 requests: {answered} answers in {seconds:.1f} s ({answered / seconds:.0f} req/s)")
+    assert errors == [] and answered == 1600
+
+
+def test_tag_command_prints_scores_per_image(server, vocabulary, tmp_path, capsys):
+    from sigrl.cli import main
+    from sigrl.data.synthetic import SyntheticShapes
+    from sigrl.serving.measure import png_bytes
+
+    paths = []
+    for i, image in enumerate(SyntheticShapes("test", num_images=2, image_size=64).images):
+        paths.append(tmp_path / f"image-{i}.png")
+        paths[-1].write_bytes(png_bytes(image))
+    assert main(["tag", *map(str, paths), "--url", server.grpc_url, "--top-k", "3", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["image"] for r in rows] == list(map(str, paths))
+    assert all(list(r["scores"]) == vocabulary and len(r["top"]) == 3 for r in rows)  # default vocabulary
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text(json.dumps({"red": -1.0, "*": 2.0}))  # scores are < 1: only red can pass
+    assert main(["tag", str(paths[0]), "--url", server.grpc_url, "--labels", "red,circle,blue",
+                 "--thresholds", str(thresholds)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{paths[0]}: red (") and "circle" not in line and "blue" not in line
+
+
+def test_served_engines_pass_the_parity_check_against_in_process_onnxruntime(server, ort_runtime, vocabulary,
+                                                                            metadata):
+    from sigrl.deploy.parity import compare_runtimes, parity_inputs
+    from sigrl.serving.client import TritonRuntime
+
+    vocabularies, images = parity_inputs(vocabulary, metadata["prompt_template"], 64, [1, 12, 100], [1, 4])
+    rows = compare_runtimes(ort_runtime, TritonRuntime(server.grpc_url), vocabularies, images)
+    assert all(r.passed and r.max_abs == 0.0 for r in rows)  # same runtime, same inputs: bit for bit
+
+
+def test_stop_leaves_no_process_and_no_shared_memory(server):
+    """Runs last: stops the module's server (the fixture's own stop is then a no-op)."""
+    pgid = server.pid
+    server.stop()
+    assert_nothing_left(server, pgid)
