@@ -205,6 +205,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     serve with Triton, tag images over gRPC, and compare served with in-process scores and latency."""
     from sigrl.data import build_dataset
     from sigrl.deploy.onnx_export import export_checkpoint
+    from sigrl.deploy.runtimes import TorchRuntime
     from sigrl.evaluation import evaluate_dataset, format_report
     from sigrl.serving.client import SigRLClient, TritonRuntime
     from sigrl.serving.measure import InProcessTagger, latency, png_bytes
@@ -242,12 +243,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         served_scores, _ = client.infer(images, vocabulary)
         local_scores = local.scores(images, vocabulary)
         print(f"  entry model scores, max abs difference: {np.abs(served_scores - local_scores).max():.2e}")
-        torch_scores = TorchRuntime(model).score_images(local.pixels(images), *local.runtime.encode_labels(
-            model.tokenize(vocabulary).numpy()))
+        pixels, token_ids = local.pixels(images), model.tokenize(vocabulary)
+        torch_scores = TorchRuntime(model).predict(pixels, token_ids)
         print(f"  vs PyTorch eager, max abs difference:   {np.abs(served_scores - torch_scores).max():.2e}")
-        served_engine = TritonRuntime(server.grpc_url).predict(local.pixels(images), model.tokenize(vocabulary))
+        served_engines = TritonRuntime(server.grpc_url).predict(pixels, token_ids)
         print(f"  engine models over gRPC vs in process:  "
-              f"{np.abs(served_engine - local.runtime.predict(local.pixels(images), model.tokenize(vocabulary))).max():.2e}")
+              f"{np.abs(served_engines - local.runtime.predict(pixels, token_ids)).max():.2e}")
         one = images[:1]
         served = latency(lambda: client.infer(one, vocabulary), repeats=50)
         in_process = latency(lambda: local.scores(one, vocabulary), repeats=50)
