@@ -142,7 +142,7 @@ def server(engines, tmp_path_factory):
     repo = build_repository(engines, "python", tmp_path_factory.mktemp("triton") / "repo",
                             max_image_bytes=MAX_IMAGE_BYTES, cache_size=8)
     running = TritonServer(repo)
-    running.start(timeout=240)  # four python stubs each import torch: slow on a busy 2-core machine
+    running.start()
     try:
         yield running
     finally:

@@ -206,10 +206,12 @@ class TritonServer:
         messages = [line for line in text.splitlines() if line.strip() and line[0] not in "|+"]
         return "\n".join(messages[-lines:])
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 300) -> None:
         """Start the server and wait until it is ready; on failure leave nothing running and raise RuntimeError.
 
-        The error carries the tail of the server log, where Triton says which model failed and why.
+        The error carries the tail of the server log, where Triton says which model failed and why. The
+        generous default is for the first start in a fresh environment: every python stub imports torch
+        and open_clip and compiles their bytecode, which took over 60 s on a 2-core CI machine.
         """
         if self._proc is not None:
             raise RuntimeError(f"the server is already running (pid {self._proc.pid})")
