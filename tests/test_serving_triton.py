@@ -102,6 +102,17 @@ def model_stats(client: grpcclient.InferenceServerClient, model: str) -> tuple[i
     return stats.inference_count, stats.execution_count
 
 
+def settled_stats(client: grpcclient.InferenceServerClient, model: str, quiet: float = 0.3) -> tuple[int, int]:
+    """``model_stats`` once they stop changing: counts of earlier requests can land after their responses."""
+    last = model_stats(client, model)
+    while True:
+        time.sleep(quiet)
+        now = model_stats(client, model)
+        if now == last:
+            return now
+        last = now
+
+
 def stats_after(client: grpcclient.InferenceServerClient, model: str, before: tuple[int, int],
                 inferences: int, timeout: float = 10.0) -> tuple[int, int]:
     """(inferences, executions) of ``model`` since ``before``, once ``inferences`` are counted.
@@ -235,7 +246,7 @@ def test_vocabulary_cache_hit_is_faster_than_a_miss(client):
     names = [f"made-up label {i}" for i in range(500)]
     rng = np.random.default_rng(0)
     misses, hits = [], []
-    text_before = model_stats(client, "text_gmc")
+    text_before = settled_stats(client, "text_gmc")
     for _ in range(5):
         order = [names[i] for i in rng.permutation(len(names))]
         timings = []
@@ -259,7 +270,7 @@ def test_dynamic_batching_merges_concurrent_requests(client):
     second = [f"other {i}" for i in range(5)]
     client.infer("sigrl", entry_inputs(image, first, 2))  # encode both vocabularies before counting
     client.infer("sigrl", entry_inputs(image, second, 2))
-    entry_before, image_before = model_stats(client, "sigrl"), model_stats(client, "image_svfr")
+    entry_before, image_before = settled_stats(client, "sigrl"), settled_stats(client, "image_svfr")
     requests = [entry_inputs(image, first if i % 2 else second, 2) for i in range(32)]
     answers = infer_concurrently(client, "sigrl", requests)
     assert all(not isinstance(a, Exception) for a in answers), [a for a in answers if isinstance(a, Exception)]
