@@ -289,15 +289,15 @@ class ImageSVFRModel(_EngineModel):
     engine = "image_svfr"
 
 
-class PreprocessModel:
-    """``preprocess``: encoded JPEG/PNG bytes (N×1) → pixels N×3×H×W, exactly the evaluation transform.
+class ImagePreprocessor:
+    """Encoded JPEG/PNG bytes → pixels N×3×H×W, exactly the evaluation transform.
 
     The transform is :func:`sigrl.data.transforms.build_transform` (bicubic resize of the shorter side,
-    centre crop, normalise) with the image size, mean and std recorded in the engine metadata.
+    centre crop, normalise) with the image size, mean and std recorded in the engine metadata
+    (``preprocess``). Shared by the served ``preprocess`` model and in-process comparisons.
     """
 
-    def initialize(self, args: dict[str, str]) -> None:
-        params = json.loads(model_parameters(args["model_config"])[PARAM_PREPROCESS])
+    def __init__(self, params: Mapping[str, Any]) -> None:
         self.transform = build_transform(params["image_size"], False, params["mean"], params["std"])
 
     def pixels(self, images: Sequence[bytes]) -> np.ndarray:
@@ -313,6 +313,16 @@ class PreprocessModel:
                 raise RequestError(f"image {index} cannot be decoded: {err}") from None
             arrays.append(self.transform(rgb).numpy())
         return np.stack(arrays)
+
+
+class PreprocessModel(ImagePreprocessor):
+    """``preprocess``: encoded image bytes (N×1) → pixels (:class:`ImagePreprocessor` inside Triton)."""
+
+    def __init__(self) -> None:
+        """Triton constructs the model without arguments; :meth:`initialize` builds the transform."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        super().__init__(json.loads(model_parameters(args["model_config"])[PARAM_PREPROCESS]))
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses = []

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sigrl.data.transforms import build_transform
 from sigrl.deploy.onnx_export import read_metadata
 from sigrl.deploy.runtimes import OnnxRuntime
+from sigrl.serving.backend import ImagePreprocessor
 from sigrl.tokenizer import tokenize
 
 
@@ -30,14 +30,13 @@ class InProcessTagger:
     def __init__(self, engine_dir: str | Path, device: str = "cpu") -> None:
         self.runtime = OnnxRuntime(engine_dir, device=device)
         meta = read_metadata(Path(engine_dir) / self.runtime.image_spec.file_name)
-        pre = json.loads(meta["preprocess"])
         self.template = meta["prompt_template"]
-        self.transform = build_transform(pre["image_size"], False, pre["mean"], pre["std"])
+        self.preprocessor = ImagePreprocessor(json.loads(meta["preprocess"]))
         self._cache: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
 
     def pixels(self, images: list[bytes]) -> np.ndarray:
         """The evaluation transform of each encoded image, stacked B×3×H×W."""
-        return np.stack([self.transform(Image.open(io.BytesIO(b)).convert("RGB")).numpy() for b in images])
+        return self.preprocessor.pixels(images)
 
     def scores(self, images: list[bytes], labels: list[str]) -> np.ndarray:
         key = tuple(labels)
