@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from functools import partial
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -43,21 +44,30 @@ def _labels(dataset: Dataset) -> np.ndarray:
     return np.asarray(dataset.labels, dtype=np.float32)
 
 
+Scorer = Callable[[Dataset, dict[str, Sequence[str]]], dict[str, np.ndarray]]
+"""``scorer(dataset, {name: vocabulary}) -> {name: scores N×C}``: what evaluation needs of a model or runtime."""
+
+
 def evaluate_dataset(model: SigRL, data: str, root: str | None = None, split: str = "test", batch_size: int = 64,
                      device: str | torch.device = "cpu", workers: int = 0, progress: bool = False,
                      **dataset_kwargs) -> dict[str, dict[str, float]]:
     """Metrics in percent per task row: NUS-WIDE → ``ZSL`` and ``GZSL``; COCO/VOC → the SPML protocol;
     synthetic (and any validation split) → one row named after the dataset."""
-    image_size = model.config.vision_cfg["image_size"]
+    scorer = partial(predict, model, batch_size=batch_size, device=device, workers=workers, progress=progress)
+    return evaluate_scorer(scorer, model.config.vision_cfg["image_size"], data, root, split, **dataset_kwargs)
+
+
+def evaluate_scorer(scorer: Scorer, image_size: int, data: str, root: str | None = None, split: str = "test",
+                    **dataset_kwargs) -> dict[str, dict[str, float]]:
+    """:func:`evaluate_dataset` for any scorer (e.g. exported engines behind an ``EngineRuntime``)."""
     if data == "nus-wide" and split == "test":
         zsl = build_dataset(data, "test", root, image_size, vocabulary="zsl", **dataset_kwargs)
         gzsl = build_dataset(data, "test", root, image_size, vocabulary="gzsl", **dataset_kwargs)
-        scores = predict(model, zsl, {"ZSL": zsl.vocabulary, "GZSL": gzsl.vocabulary}, batch_size, device,
-                         workers, progress)
+        scores = scorer(zsl, {"ZSL": zsl.vocabulary, "GZSL": gzsl.vocabulary})
         return {"ZSL": evaluate_multilabel(scores["ZSL"], _labels(zsl)),
                 "GZSL": evaluate_multilabel(scores["GZSL"], _labels(gzsl))}
     dataset = build_dataset(data, split, root, image_size, **dataset_kwargs)
-    return {f"{data} {split}": evaluate_split(model, dataset, batch_size, device, workers, progress)}
+    return {f"{data} {split}": evaluate_multilabel(scorer(dataset, {"own": dataset.vocabulary})["own"], _labels(dataset))}
 
 
 def evaluate_split(model: SigRL, dataset: Dataset, batch_size: int = 64, device: str | torch.device = "cpu",

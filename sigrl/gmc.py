@@ -37,8 +37,9 @@ class DenseGATv2(nn.Module):
     def attend(self, targets: torch.Tensor, wh: torch.Tensor) -> torch.Tensor:
         """Features of a chunk of target nodes (c×H×F) aggregated over all C source nodes ``wh``."""
         pair = F.leaky_relu(targets[:, None] + wh[None], self.negative_slope)  # c×C×H×F
-        alpha = self.attn_drop(torch.einsum("ijhf,hf->ijh", pair, self.att).softmax(dim=1))
-        return torch.einsum("ijh,jhf->ihf", alpha, wh)
+        # softmax and the sum over source nodes in fp32 at any precision (casts are no-ops in fp32)
+        alpha = self.attn_drop(torch.einsum("ijhf,hf->ijh", pair, self.att).float().softmax(dim=1))
+        return torch.einsum("ijh,jhf->ihf", alpha, wh.float()).to(wh.dtype)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h: C×in_dim node features → C×(heads·head_dim)."""

@@ -30,9 +30,9 @@ class SemanticReconstruction(nn.Module):
         self.vfr_proj = nn.Linear(dim, dim)  # FC in eqs. 10–11
 
     def attend(self, proj: nn.Linear, patches: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        """Softmax over patches of proj(tanh(V ⊙ q)) for a chunk of class queries: B×P×c×D."""
+        """Softmax over patches of proj(tanh(V ⊙ q)) for a chunk of class queries: B×P×c×D (fp32 at any precision)."""
         logits = proj(torch.tanh(patches[:, :, None, :] * queries[:, None, :, :]))
-        return logits.softmax(dim=1)
+        return logits.float().softmax(dim=1)
 
     def sda_chunk(self, patches: torch.Tensor, label_chunk: torch.Tensor) -> torch.Tensor:
         """Category-specific features S (eqs. 5–7) for a chunk of classes (1×c×D): B×c×D."""
@@ -50,7 +50,8 @@ class SemanticReconstruction(nn.Module):
         Per image, K_b = ReLU(S_bᵀ T) with rows L2-normalised and S'_b = S_b K_b. The released code's
         division by batch-wide norms is left out: it couples batch-mates.
         """
-        corr = F.normalize(torch.einsum("bcd,ce->bde", sda, label_emb).relu(), dim=-1)
+        sda = sda.to(label_emb.dtype)  # the softmax islands hand fp32 back; the products run in the model's dtype
+        corr = F.normalize(torch.einsum("bcd,ce->bde", sda, label_emb).relu().float(), dim=-1).to(sda.dtype)
         decoupled = torch.bmm(sda, corr)
         return self.fuse(torch.cat([decoupled, graph_emb.expand_as(decoupled)], dim=-1))
 
@@ -66,11 +67,11 @@ class SemanticReconstruction(nn.Module):
         return patches * weights
 
     def score(self, global_feat: torch.Tensor, reconstructed: torch.Tensor, label_emb: torch.Tensor) -> torch.Tensor:
-        """Eq. 13: ½ (s_loc/‖s_loc‖ + s_glob/‖s_glob‖), norms across the C classes of each image."""
-        local = torch.einsum("bpd,cd->bpc", reconstructed, label_emb)
+        """Eq. 13: ½ (s_loc/‖s_loc‖ + s_glob/‖s_glob‖), norms across the C classes of each image; fp32 out."""
+        local = torch.einsum("bpd,cd->bpc", reconstructed.to(label_emb.dtype), label_emb).float()
         k = min(self.top_k, local.shape[1])
         local = local.topk(k, dim=1).values.mean(dim=1)
-        glob = global_feat @ label_emb.t()
+        glob = (global_feat @ label_emb.t()).float()
         return 0.5 * (F.normalize(local, dim=-1) + F.normalize(glob, dim=-1))
 
     def forward(self, global_feat: torch.Tensor, patches: torch.Tensor, label_emb: torch.Tensor,

@@ -8,27 +8,60 @@ from pathlib import Path
 
 from sigrl.checkpoint import load_checkpoint
 from sigrl.factory import list_models
+from sigrl.precision import PRECISIONS
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from sigrl.deploy.onnx_export import export_checkpoint
 
-    report = export_checkpoint(args.checkpoint, args.out, expect_config=args.config)
+    report = export_checkpoint(args.checkpoint, args.out, expect_config=args.config, precision=args.precision,
+                               class_chunk=args.class_chunk)
     for name, info in report.items():
-        print(f"{info['path']}: {info['bytes'] / 2**20:.1f} MiB, exported in {info['seconds']:.1f} s")
+        print(f"{info['path']}: {info['precision']}, {info['bytes'] / 2**20:.1f} MiB, "
+              f"exported in {info['seconds']:.1f} s")
     return 0
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser, engines_help: str) -> None:
+    """``--engines``, ``--runtime``, ``--precision`` and ``--device``: which runtime scores (parity, eval)."""
+    from sigrl.deploy.runtimes import RUNTIMES
+    from sigrl.precision import PRECISIONS
+
+    parser.add_argument("--engines", help=engines_help)
+    parser.add_argument("--runtime", choices=RUNTIMES,
+                        help="default: onnxruntime with --engines, else torch. onnx-reference runs graphs "
+                             "ONNX Runtime's CPU provider cannot (bf16), slowly; tensorrt takes a folder of plans")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="torch: cast the model (fp32, fp16, bf16); engines: must match what they were exported at")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the runtime runs")
+
+
+def runtime_from_arguments(args: argparse.Namespace, model):
+    """The runtime the ``add_runtime_arguments`` flags ask for, for ``model`` (a loaded checkpoint)."""
+    from sigrl.deploy.runtimes import create_runtime
+
+    kind = args.runtime or ("onnxruntime" if args.engines else "torch")
+    if kind == "torch" and args.engines:
+        raise ValueError("--runtime torch runs the checkpoint itself: leave out --engines")
+    return create_runtime(kind, model=model, engines=args.engines, precision=args.precision, device=args.device)
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
     from sigrl.deploy.parity import compare_runtimes, format_rows, parity_inputs
-    from sigrl.deploy.runtimes import OnnxRuntime, TorchRuntime
+    from sigrl.deploy.runtimes import TorchRuntime
 
     model = load_checkpoint(args.checkpoint)
-    reference, candidate = TorchRuntime(model), OnnxRuntime(args.engines, device=args.device)
+    if not args.engines and args.runtime in (None, "torch") and args.precision in (None, "fp32"):
+        raise ValueError("nothing to compare: pass --engines (exported engines) or --precision fp16/bf16 "
+                         "(PyTorch at that precision)")
+    candidate = runtime_from_arguments(args, model)
+    reference = TorchRuntime(model, candidate.provider if candidate.name == "torch" else "cpu")
     vocabularies, images = parity_inputs(model.vocabulary or [], model.prompt_template,
                                          model.config.vision_cfg["image_size"], args.classes, args.batch)
-    rows = compare_runtimes(reference, candidate, vocabularies, images, precision="fp32")
-    print(f"PyTorch eager ({reference.provider}) vs ONNX Runtime ({candidate.provider}), fp32 tolerances")
+    rows = compare_runtimes(reference, candidate, vocabularies, images)
+    print(f"PyTorch eager fp32 ({reference.provider}) vs {candidate.name} {candidate.precision} "
+          f"({candidate.provider}); tolerances of each engine's precision "
+          f"(text {candidate.engine_precisions['text_gmc']}, image {candidate.engine_precisions['image_svfr']})")
     print(format_rows(rows))
     if args.json:
         Path(args.json).write_text(json.dumps([r.to_dict() for r in rows], indent=2))
@@ -37,19 +70,24 @@ def cmd_parity(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-
 def register(commands: argparse._SubParsersAction) -> None:
     """Add ``export`` and ``parity`` to the ``sigrl`` parser."""
     export = commands.add_parser("export", help="export a checkpoint as two ONNX engines (text+GMC, image+SVFR)")
     export.add_argument("--checkpoint", required=True)
     export.add_argument("--out", required=True, help="folder for text_gmc.onnx and image_svfr.onnx")
     export.add_argument("--config", choices=list_models(), help="fail unless the checkpoint holds this config")
+    export.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                        help="fp16/bf16: weights and products in that precision, sensitive steps fp32; "
+                             "int8: image engine quantized (ONNX Runtime dynamic int8), text engine fp32")
+    export.add_argument("--class-chunk", type=int,
+                        help="SVFR classes per loop iteration in the graph (default: the config's; more = fewer "
+                             "iterations, more memory)")
     export.set_defaults(func=cmd_export)
-    parity = commands.add_parser("parity", help="compare exported ONNX engines with the PyTorch checkpoint")
+    parity = commands.add_parser("parity", help="compare exported engines (or PyTorch at low precision) with the "
+                                                "fp32 PyTorch checkpoint, at the tolerances of their precision")
     parity.add_argument("--checkpoint", required=True)
-    parity.add_argument("--engines", required=True, help="folder written by `sigrl export`")
+    add_runtime_arguments(parity, "folder written by `sigrl export` (or `sigrl build-engines` for tensorrt)")
     parity.add_argument("--classes", type=int, nargs="+", default=[1, 12, 300], help="vocabulary sizes")
     parity.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="image batch sizes")
-    parity.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="ONNX Runtime device")
     parity.add_argument("--json", help="write the rows as JSON here")
     parity.set_defaults(func=cmd_parity)

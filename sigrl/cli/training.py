@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from sigrl.checkpoint import load_checkpoint, read_checkpoint
+from sigrl.cli.deploy import add_runtime_arguments, runtime_from_arguments
 from sigrl.data import DATASET_NAMES
 from sigrl.factory import create_model, list_models
 from sigrl.params import format_parameter_table, parameter_table
@@ -71,6 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from sigrl.deploy.accuracy import evaluate_runtime
     from sigrl.evaluation import evaluate_dataset, format_report
 
     stored = read_checkpoint(args.checkpoint).get("data", {})
@@ -80,17 +82,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     same_data = data == stored.get("name")
     root = args.data_root or (stored.get("root") if same_data else None)
     image_root = args.image_root or (stored.get("image_root") if same_data else None)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_checkpoint(args.checkpoint).to(device)
+    model = load_checkpoint(args.checkpoint)
     if args.class_chunk:
         model.set_class_chunk(args.class_chunk)
-    report = evaluate_dataset(model, data, root, args.split, args.batch_size, device, args.workers, progress=True,
-                              image_root=image_root)
+    if args.engines or args.runtime not in (None, "torch") or args.precision not in (None, "fp32"):
+        runtime = runtime_from_arguments(args, model)
+        print(f"scoring with {runtime.name} {runtime.precision} ({runtime.provider})")
+        report = evaluate_runtime(runtime, model.prompt_template, model.config.vision_cfg["image_size"], data, root,
+                                  args.split, min(args.batch_size, 32), args.workers, progress=True,
+                                  image_root=image_root)
+    else:
+        device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
+        report = evaluate_dataset(model.to(device), data, root, args.split, args.batch_size, device, args.workers,
+                                  progress=True, image_root=image_root)
     print(format_report(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"checkpoint": str(args.checkpoint), "data": data,
-                                               "split": args.split, "results": report}, indent=2))
+        runtime_record = {"runtime": args.runtime or ("onnxruntime" if args.engines else "torch"),
+                          "engines": args.engines, "precision": args.precision}
+        Path(args.json).write_text(json.dumps({"checkpoint": str(args.checkpoint), "data": data, "split": args.split,
+                                               **runtime_record, "results": report}, indent=2))
         print(f"report written to {args.json}")
     return 0
 
@@ -118,7 +129,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--class-chunk", type=int)
     evaluate.add_argument("--workers", type=int, default=0)
-    evaluate.add_argument("--device")
+    add_runtime_arguments(evaluate, "score with these exported engines instead of the checkpoint's PyTorch model")
     evaluate.set_defaults(func=cmd_eval)
     params = commands.add_parser("params", help="print the parameter count table, trainable vs frozen")
     params.add_argument("--config", default="vit-b16", choices=list_models())

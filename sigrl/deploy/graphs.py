@@ -16,6 +16,7 @@ from torch._higher_order_ops.scan import scan
 
 from sigrl.gmc import DenseGATv2, LabelGraph
 from sigrl.model import SigRL
+from sigrl.precision import model_dtype
 from sigrl.svfr import SemanticReconstruction
 
 
@@ -60,7 +61,7 @@ class TextGMCGraph(nn.Module):
         label_emb = self.model.encode_tokens(token_ids)
         gmc: LabelGraph = self.model.gmc
         hidden = F.elu(_gat_layer(gmc.layer1, label_emb))
-        return label_emb, _gat_layer(gmc.layer2, hidden)
+        return label_emb.float(), _gat_layer(gmc.layer2, hidden).float()  # the fp32 contract at any precision
 
 
 def _softmax_parts(proj: nn.Linear, patches: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +72,7 @@ def _softmax_parts(proj: nn.Linear, patches: torch.Tensor, queries: torch.Tensor
     took most of the vit-b16 image engine's time. With classes before patches, and the normalisation
     left to the caller, the same values come 2x faster. softmax_P(logits) = weights / sum.
     """
-    logits = proj(torch.tanh(queries[:, :, None, :] * patches[:, None, :, :]))
+    logits = proj(torch.tanh(queries[:, :, None, :] * patches[:, None, :, :])).float()  # fp32 island
     weights = (logits - logits.amax(dim=2, keepdim=True)).exp()
     return weights, weights.sum(dim=2)
 
@@ -86,6 +87,8 @@ class ImageSVFRGraph(nn.Module):
     def forward(self, images: torch.Tensor, label_emb: torch.Tensor, graph_emb: torch.Tensor) -> torch.Tensor:
         svfr: SemanticReconstruction = self.model.svfr
         chunk = svfr.class_chunk
+        dtype = model_dtype(self.model)  # fp32 I/O, the model's own precision inside
+        images, label_emb, graph_emb = images.to(dtype), label_emb.to(dtype), graph_emb.to(dtype)
         global_feat, patches = self.model.encode_image(images)
         num_classes = label_emb.shape[0]
 
@@ -106,5 +109,5 @@ class ImageSVFRGraph(nn.Module):
             gate = gate + (weights * scale[:, :, None, :]).sum(dim=1)  # Σ_c β over this chunk: B×P×D
             return gate, gate.new_zeros(())
 
-        gate, _ = scan(vfr_step, torch.zeros_like(patches), (_chunked(fused.transpose(0, 1), chunk), real))
+        gate, _ = scan(vfr_step, torch.zeros_like(patches, dtype=torch.float32), (_chunked(fused.transpose(0, 1), chunk), real))
         return svfr.score(global_feat, patches * gate, label_emb)

@@ -4,8 +4,10 @@ Three comparisons per vocabulary and image batch: the text engine (T and G from 
 the image engine alone (both runtimes score the *reference* T and G, so text errors do not leak in),
 and the composed pipeline (each runtime uses its own T and G, as a deployment does).
 
-Tolerances are per precision. fp32 engines must reproduce the eager model to rounding error; fp16
-engines (TensorRT) are held to what half precision can keep: the same ranking up to near-ties.
+Tolerances are per precision (``sigrl.deploy.tolerances``) and per engine: each engine is held to
+its own precision's, read from the candidate runtime (an int8 export keeps its text engine fp32).
+fp32 engines must reproduce the eager model to rounding error; reduced precisions are held to what
+they can keep: small score errors and the same ranking up to near-ties.
 """
 
 from __future__ import annotations
@@ -16,22 +18,8 @@ import numpy as np
 
 from sigrl.data.synthetic import SyntheticShapes
 from sigrl.deploy.runtimes import EngineRuntime
+from sigrl.deploy.tolerances import TOLERANCES
 from sigrl.tokenizer import tokenize
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """Largest allowed errors for one precision (max abs on embeddings and scores, relative L2)."""
-
-    embedding_max_abs: float
-    embedding_rel_l2: float
-    score_max_abs: float
-
-
-TOLERANCES = {
-    "fp32": Tolerance(embedding_max_abs=1e-4, embedding_rel_l2=1e-5, score_max_abs=1e-5),
-    "fp16": Tolerance(embedding_max_abs=5e-2, embedding_rel_l2=1e-2, score_max_abs=5e-3),
-}
 
 
 @dataclass
@@ -39,6 +27,7 @@ class ParityRow:
     """One comparison: what was compared, at which sizes, the measured errors and the verdict."""
 
     stage: str
+    precision: str
     classes: int
     batch: int | None
     max_abs: float
@@ -77,17 +66,19 @@ def topk_agreement(reference: np.ndarray, candidate: np.ndarray, k: int, tie_tol
     return agree / len(reference)
 
 
-def _embedding_row(stage: str, reference: np.ndarray, candidate: np.ndarray, tol: Tolerance) -> ParityRow:
+def _embedding_row(stage: str, reference: np.ndarray, candidate: np.ndarray, precision: str) -> ParityRow:
+    tol = TOLERANCES[precision]
     max_abs, rel = float(np.abs(candidate - reference).max()), rel_l2(reference, candidate)
-    return ParityRow(stage, reference.shape[0], None, max_abs, rel,
+    return ParityRow(stage, precision, reference.shape[0], None, max_abs, rel,
                      passed=max_abs <= tol.embedding_max_abs and rel <= tol.embedding_rel_l2)
 
 
-def _score_row(stage: str, reference: np.ndarray, candidate: np.ndarray, tol: Tolerance) -> ParityRow:
+def _score_row(stage: str, reference: np.ndarray, candidate: np.ndarray, precision: str) -> ParityRow:
+    tol = TOLERANCES[precision]
     max_abs = float(np.abs(candidate - reference).max())
     top1 = topk_agreement(reference, candidate, 1, 2 * tol.score_max_abs)
     top5 = topk_agreement(reference, candidate, 5, 2 * tol.score_max_abs)
-    return ParityRow(stage, reference.shape[1], reference.shape[0], max_abs, rel_l2(reference, candidate), top1, top5,
+    return ParityRow(stage, precision, reference.shape[1], reference.shape[0], max_abs, rel_l2(reference, candidate), top1, top5,
                      passed=max_abs <= tol.score_max_abs and top1 == 1.0 and top5 == 1.0)
 
 
@@ -103,29 +94,34 @@ def parity_inputs(vocabulary: list[str], template: str, image_size: int, class_c
 
 
 def compare_runtimes(reference: EngineRuntime, candidate: EngineRuntime, vocabularies: list[np.ndarray],
-                     image_batches: list[np.ndarray], precision: str = "fp32") -> list[ParityRow]:
-    """Compare ``candidate`` with ``reference`` on every vocabulary (token ids) × image batch."""
-    if precision not in TOLERANCES:
+                     image_batches: list[np.ndarray], precision: str | None = None) -> list[ParityRow]:
+    """Compare ``candidate`` with ``reference`` on every vocabulary (token ids) × image batch.
+
+    Each engine is held to the tolerances of the candidate's precision for it, or of ``precision``
+    where given (to hold engines to another precision's bar, e.g. fp32 engines to fp16's).
+    """
+    if precision is not None and precision not in TOLERANCES:
         raise ValueError(f"precision must be one of {sorted(TOLERANCES)}, got {precision!r}")
-    tol = TOLERANCES[precision]
+    text = precision or candidate.engine_precisions["text_gmc"]
+    image = precision or candidate.engine_precisions["image_svfr"]
     rows = []
     for token_ids in vocabularies:
         ref_t, ref_g = reference.encode_labels(token_ids)
         cand_t, cand_g = candidate.encode_labels(token_ids)
-        rows += [_embedding_row("text_gmc:label_emb", ref_t, cand_t, tol),
-                 _embedding_row("text_gmc:graph_emb", ref_g, cand_g, tol)]
+        rows += [_embedding_row("text_gmc:label_emb", ref_t, cand_t, text),
+                 _embedding_row("text_gmc:graph_emb", ref_g, cand_g, text)]
         for images in image_batches:
             ref_scores = reference.score_images(images, ref_t, ref_g)
-            rows.append(_score_row("image_svfr:scores", ref_scores, candidate.score_images(images, ref_t, ref_g), tol))
-            rows.append(_score_row("pipeline:scores", ref_scores, candidate.score_images(images, cand_t, cand_g), tol))
+            rows.append(_score_row("image_svfr:scores", ref_scores, candidate.score_images(images, ref_t, ref_g), image))
+            rows.append(_score_row("pipeline:scores", ref_scores, candidate.score_images(images, cand_t, cand_g), image))
     return rows
 
 
 def format_rows(rows: list[ParityRow]) -> str:
     """A fixed-width table of parity rows."""
-    lines = [f"{'stage':<22}{'C':>6}{'B':>4}{'max abs':>11}{'rel L2':>11}{'top-1':>7}{'top-5':>7}  ok"]
+    lines = [f"{'stage':<22}{'prec':>5}{'C':>6}{'B':>4}{'max abs':>11}{'rel L2':>11}{'top-1':>7}{'top-5':>7}  ok"]
     for r in rows:
         top = f"{r.top1:>7.3f}{r.top5:>7.3f}" if r.top1 is not None else f"{'':>14}"
-        lines.append(f"{r.stage:<22}{r.classes:>6}{'' if r.batch is None else r.batch:>4}"
+        lines.append(f"{r.stage:<22}{r.precision:>5}{r.classes:>6}{'' if r.batch is None else r.batch:>4}"
                      f"{r.max_abs:>11.2e}{r.rel_l2:>11.2e}{top}  {'yes' if r.passed else 'NO'}")
     return "\n".join(lines)

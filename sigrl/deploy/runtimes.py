@@ -19,6 +19,7 @@ import torch
 from sigrl.deploy.engines import ImageSVFREngine, TextGMCEngine, engine_specs
 from sigrl.deploy.onnx_export import read_metadata
 from sigrl.model import SigRL, SigRLConfig
+from sigrl.precision import FLOAT_DTYPES, PRECISIONS, cast_model, check_precision
 from sigrl.tokenizer import trim_token_ids
 
 
@@ -29,9 +30,19 @@ def prepare_token_ids(token_ids: np.ndarray | torch.Tensor) -> np.ndarray:
 
 
 class EngineRuntime(ABC):
-    """The text + GMC engine and the image + SVFR engine of one model, run by one backend."""
+    """The text + GMC engine and the image + SVFR engine of one model, run by one backend.
+
+    ``engine_precisions`` says what each engine computes in (``fp32``, ``fp16``, ``bf16``, ``int8``);
+    parity holds each engine's outputs to that precision's tolerances.
+    """
 
     name: str
+    engine_precisions: dict[str, str] = {"text_gmc": "fp32", "image_svfr": "fp32"}
+
+    @property
+    def precision(self) -> str:
+        """The precision the runtime was asked for (the image engine's: int8 keeps the text engine fp32)."""
+        return self.engine_precisions["image_svfr"]
 
     @property
     @abstractmethod
@@ -60,13 +71,21 @@ class EngineRuntime(ABC):
 
 
 class TorchRuntime(EngineRuntime):
-    """The eager PyTorch model: the reference every exported engine is compared with."""
+    """The eager PyTorch model: the reference every exported engine is compared with.
+
+    ``precision`` fp16 or bf16 runs a cast copy of the model (weights and products in that precision,
+    the sensitive steps in fp32; see ``sigrl.precision``), not autocast: on CPU, bf16 autocast at B > 1
+    leaves the fused attention path and is slower than fp32.
+    """
 
     name = "torch"
 
-    def __init__(self, model: SigRL, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: SigRL, device: str | torch.device = "cpu", precision: str = "fp32") -> None:
+        check_precision(precision, tuple(FLOAT_DTYPES))
         self.device = torch.device(device)
-        self.model = model.eval().to(self.device)
+        self.model = cast_model(model.eval(), precision).to(self.device)
+        self.dtype = FLOAT_DTYPES[precision]
+        self.engine_precisions = {"text_gmc": precision, "image_svfr": precision}
 
     @property
     def provider(self) -> str:
@@ -79,7 +98,7 @@ class TorchRuntime(EngineRuntime):
 
     @torch.no_grad()
     def _score_images(self, images: np.ndarray, label_emb: np.ndarray, graph_emb: np.ndarray) -> np.ndarray:
-        tensors = [torch.from_numpy(a).to(self.device) for a in (images, label_emb, graph_emb)]
+        tensors = [torch.from_numpy(a).to(self.device, self.dtype) for a in (images, label_emb, graph_emb)]
         return self.model.score_images(*tensors).float().cpu().numpy()
 
 
@@ -93,6 +112,17 @@ def engine_config(engine_dir: str | Path) -> SigRLConfig:
     if "config" not in metadata:
         raise ValueError(f"{engine_dir / TextGMCEngine.file_name} has no sigrl metadata: not exported by sigrl")
     return SigRLConfig(**json.loads(metadata["config"]))
+
+
+def engine_precisions(engine_dir: str | Path) -> dict[str, str]:
+    """Each engine file's precision from its metadata; engines exported before precisions existed are fp32."""
+    precisions = {}
+    for spec in (TextGMCEngine, ImageSVFREngine):
+        precision = read_metadata(Path(engine_dir) / spec.file_name).get("precision", "fp32")
+        if precision not in PRECISIONS:
+            raise ValueError(f"{Path(engine_dir) / spec.file_name} declares unknown precision {precision!r}")
+        precisions[spec.name] = precision
+    return precisions
 
 
 def ort_providers(device: str) -> list[str]:
@@ -124,7 +154,11 @@ class OnnxRuntime(EngineRuntime):
 
         engine_dir = Path(engine_dir)
         self.text_spec, self.image_spec = engine_specs(engine_config(engine_dir))
+        self.engine_precisions = engine_precisions(engine_dir)
         requested = ort_providers(device)
+        if "bf16" in self.engine_precisions.values() and requested[0] == "CPUExecutionProvider":
+            raise ValueError(f"ONNX Runtime's CPU provider cannot run the bf16 graphs in {engine_dir}: check them "
+                             "with --runtime onnx-reference (slow), or run them with TensorRT or on CUDA")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -140,13 +174,68 @@ class OnnxRuntime(EngineRuntime):
     def provider(self) -> str:
         return self._provider
 
+    def _run(self, engine: str, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.sessions[engine].run(names, feeds)
+
     def _encode_labels(self, token_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         feeds = {"token_ids": token_ids}
         self.text_spec.check_inputs(feeds)
-        label_emb, graph_emb = self.sessions[self.text_spec.name].run(self.text_spec.output_names, feeds)
+        label_emb, graph_emb = self._run(self.text_spec.name, self.text_spec.output_names, feeds)
         return label_emb, graph_emb
 
     def _score_images(self, images: np.ndarray, label_emb: np.ndarray, graph_emb: np.ndarray) -> np.ndarray:
         feeds = {"images": images, "label_emb": label_emb, "graph_emb": graph_emb}
         self.image_spec.check_inputs(feeds)
-        return self.sessions[self.image_spec.name].run(self.image_spec.output_names, feeds)[0]
+        return self._run(self.image_spec.name, self.image_spec.output_names, feeds)[0]
+
+
+class OnnxReferenceRuntime(OnnxRuntime):
+    """The exported graphs run by ``onnx.reference`` (ONNX's own evaluator, in numpy): an independent check
+    of graphs ONNX Runtime's CPU provider cannot run (bf16). Slow: for small configurations and batches."""
+
+    name = "onnx-reference"
+
+    def __init__(self, engine_dir: str | Path) -> None:
+        from onnx.reference import ReferenceEvaluator
+
+        engine_dir = Path(engine_dir)
+        self.text_spec, self.image_spec = engine_specs(engine_config(engine_dir))
+        self.engine_precisions = engine_precisions(engine_dir)
+        self.sessions = {spec.name: ReferenceEvaluator(str(engine_dir / spec.file_name))
+                         for spec in (self.text_spec, self.image_spec)}
+        self._provider = "onnx.reference"
+
+    def _run(self, engine: str, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [np.asarray(out, dtype=np.float32) for out in self.sessions[engine].run(names, feeds)]
+
+
+RUNTIMES = ("torch", "onnxruntime", "onnx-reference", "tensorrt")
+
+
+def create_runtime(kind: str, *, model: SigRL | None = None, engines: str | Path | None = None,
+                   precision: str | None = None, device: str = "auto") -> EngineRuntime:
+    """One runtime by name, the registry parity, evaluation and benchmarks loop over.
+
+    ``torch`` runs ``model`` at ``precision`` (default fp32); the others run the engines in ``engines``
+    (ONNX files, or TensorRT plans for ``tensorrt``), whose precision is their own: a ``precision`` that
+    contradicts it is an error rather than a silently different comparison.
+    """
+    if kind not in RUNTIMES:
+        raise ValueError(f"unknown runtime {kind!r}: choose one of {', '.join(RUNTIMES)}")
+    if kind == "torch":
+        if model is None:
+            raise ValueError("the torch runtime needs a checkpoint")
+        torch_device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        return TorchRuntime(model, torch_device, precision or "fp32")
+    if engines is None:
+        raise ValueError(f"the {kind} runtime needs --engines (a folder written by `sigrl export`)")
+    if kind == "onnxruntime":
+        runtime: EngineRuntime = OnnxRuntime(engines, device=device)
+    elif kind == "onnx-reference":
+        runtime = OnnxReferenceRuntime(engines)
+    else:
+        runtime = TensorRTRuntime(engines, device="cuda:0" if device == "auto" else device)
+    if precision is not None and precision != runtime.precision:
+        raise ValueError(f"the engines in {engines} are {runtime.precision}, not {precision}: "
+                         f"export them with --precision {precision}")
+    return runtime

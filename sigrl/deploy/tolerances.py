@@ -1,0 +1,33 @@
+"""How far an engine at each precision may drift from the fp32 PyTorch model (written into engine metadata).
+
+Embeddings are held to max abs and relative L2; scores to max abs, and rankings to the same top-1 and
+top-5 labels up to near-ties (a swap counts as agreement when both labels score within
+``2 × score_max_abs`` of the reference's k-th best). fp32 engines must reproduce the eager model to
+rounding error; the reduced precisions are held to what they can keep, measured on the trained
+``tiny`` model and on random ``vit-b16`` weights (``python benchmarks/precision.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Largest allowed errors for one precision (max abs on embeddings and scores, relative L2)."""
+
+    embedding_max_abs: float
+    embedding_rel_l2: float
+    score_max_abs: float
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+TOLERANCES = {
+    "fp32": Tolerance(embedding_max_abs=1e-4, embedding_rel_l2=1e-5, score_max_abs=1e-5),
+    "fp16": Tolerance(embedding_max_abs=5e-2, embedding_rel_l2=1e-2, score_max_abs=5e-3),
+    "bf16": Tolerance(embedding_max_abs=2e-1, embedding_rel_l2=4e-2, score_max_abs=1.5e-2),
+    "int8": Tolerance(embedding_max_abs=1e-4, embedding_rel_l2=1e-5, score_max_abs=1.5e-2),  # text stays fp32
+}

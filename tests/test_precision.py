@@ -1,0 +1,222 @@
+"""Reduced precision: the cast model, fp16/bf16/int8 exports, their graphs, parity and accuracy through them.
+
+Each precision is exported once from the trained ``tiny`` checkpoint with ``sigrl export --precision``.
+fp16 and int8 run in ONNX Runtime; bf16 graphs, which ONNX Runtime's CPU provider does not run, are
+checked by ONNX's own reference evaluator. Tolerances are those written into the engines' metadata.
+"""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+import sigrl
+from sigrl.cli import main
+from sigrl.deploy.onnx_export import read_metadata
+from sigrl.deploy.onnx_passes import free_names, scan_bodies
+from sigrl.deploy.parity import compare_runtimes, format_rows, parity_inputs
+from sigrl.deploy.runtimes import OnnxRuntime, TorchRuntime, create_runtime, engine_precisions
+from sigrl.deploy.tolerances import TOLERANCES
+from sigrl.precision import cast_model
+
+
+@pytest.fixture(scope="module")
+def precision_engines(tiny_engines, tmp_path_factory):
+    """{precision: engine folder} for the trained tiny checkpoint (fp32 from the session fixture)."""
+    checkpoint, fp32 = tiny_engines
+    folders = {"fp32": fp32}
+    for precision in ("fp16", "bf16", "int8"):
+        out = tmp_path_factory.mktemp(f"tiny-{precision}")
+        assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--precision", precision]) == 0
+        folders[precision] = out
+    return checkpoint, folders
+
+
+def test_cast_model_keeps_layernorm_fp32_and_leaves_the_original_alone():
+    model = sigrl.create_model("tiny")
+    cast = cast_model(model, "bf16")
+    norms = [m for m in cast.modules() if isinstance(m, nn.LayerNorm)]
+    assert norms and all(p.dtype == torch.float32 for m in norms for p in m.parameters())
+    assert cast.clip.visual.conv1.weight.dtype == torch.bfloat16
+    assert cast.svfr.sda_proj.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # a copy was cast
+    assert cast_model(model, "fp32") is model
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        cast_model(model, "fp8")
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_torch_runtime_at_low_precision_stays_close(precision):
+    model = sigrl.create_model("tiny")
+    vocabularies, images = parity_inputs(["cat", "dog"], model.prompt_template, 64, [40], [3])
+    rows = compare_runtimes(TorchRuntime(model), TorchRuntime(model, precision=precision), vocabularies, images)
+    assert all(r.passed for r in rows), format_rows(rows)
+    assert all(r.precision == precision for r in rows)
+    assert max(r.max_abs for r in rows if r.stage.endswith("scores")) > 0  # it really ran at low precision
+
+
+def test_metadata_records_precision_tolerances_and_chunk(precision_engines):
+    _, folders = precision_engines
+    for precision, folder in folders.items():
+        text, image = (read_metadata(folder / f"{name}.onnx") for name in ("text_gmc", "image_svfr"))
+        assert image["precision"] == precision
+        assert text["precision"] == ("fp32" if precision == "int8" else precision)
+        assert image["export_precision"] == text["export_precision"] == precision
+        assert json.loads(image["tolerances"]) == {"embedding_max_abs": TOLERANCES[precision].embedding_max_abs,
+                                                   "embedding_rel_l2": TOLERANCES[precision].embedding_rel_l2,
+                                                   "score_max_abs": TOLERANCES[precision].score_max_abs}
+        assert int(image["class_chunk"]) == 32
+        assert engine_precisions(folder) == {"text_gmc": text["precision"], "image_svfr": precision}
+
+
+def test_every_scan_body_is_closed(precision_engines):
+    """No Scan body reads a name from its enclosing graph: weights are its own, the rest explicit inputs."""
+    _, folders = precision_engines
+    for folder in folders.values():
+        for name in ("text_gmc", "image_svfr"):
+            graph = onnx.load(str(folder / f"{name}.onnx")).graph
+            bodies = list(scan_bodies(graph))
+            assert len(bodies) >= 2
+            assert [sorted(free_names(body)) for body in bodies] == [[]] * len(bodies), (folder, name)
+
+
+def _initializer_types(graph: onnx.GraphProto) -> dict[str, int]:
+    types = {t.name: t.data_type for t in graph.initializer}
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                types |= _initializer_types(attr.g)
+    return types
+
+
+def _nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _nodes(attr.g)
+
+
+@pytest.mark.parametrize("precision,dtype", [("fp16", onnx.TensorProto.FLOAT16), ("bf16", onnx.TensorProto.BFLOAT16)])
+def test_low_precision_graphs_have_low_precision_weights_and_fp32_islands(precision_engines, precision, dtype):
+    _, folders = precision_engines
+    model = onnx.load(str(folders[precision] / "image_svfr.onnx"))
+    types = _initializer_types(model.graph)
+    matmul_weights = [n.input[1] for n in _nodes(model.graph) if n.op_type in ("MatMul", "Gemm") and n.input[1] in types]
+    assert matmul_weights and all(types[w] == dtype for w in matmul_weights)
+    norm_scales = [n.input[1] for n in _nodes(model.graph) if n.op_type == "LayerNormalization"]
+    assert norm_scales and all(types[s] == onnx.TensorProto.FLOAT for s in norm_scales)
+    io = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.output)}
+    assert io == {"images": onnx.TensorProto.FLOAT, "label_emb": onnx.TensorProto.FLOAT,
+                  "graph_emb": onnx.TensorProto.FLOAT, "scores": onnx.TensorProto.FLOAT}
+
+
+def test_int8_graph_is_quantized_inside_its_loops(precision_engines):
+    _, folders = precision_engines
+    graph = onnx.load(str(folders["int8"] / "image_svfr.onnx")).graph
+    ops = [n.op_type for n in _nodes(graph)]
+    assert "DynamicQuantizeLinear" in ops or "DynamicQuantizeMatMul" in ops
+    for body in scan_bodies(graph):  # the SDA/VFR loops are quantized too
+        if any(n.op_type == "Tanh" for n in body.node):
+            assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in body.node)
+    text = onnx.load(str(folders["int8"] / "text_gmc.onnx")).graph
+    assert not any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in _nodes(text))
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_onnxruntime_parity_at_the_engines_precision(precision_engines, precision):
+    checkpoint, folders = precision_engines
+    model = sigrl.load_checkpoint(checkpoint)
+    candidate = OnnxRuntime(folders[precision], device="cpu")
+    assert candidate.precision == precision
+    vocabularies, images = parity_inputs(model.vocabulary, model.prompt_template, 64, [1, 12, 64], [1, 5])
+    rows = compare_runtimes(TorchRuntime(model), candidate, vocabularies, images)
+    assert all(r.passed for r in rows), format_rows(rows)
+    assert max(r.max_abs for r in rows if r.stage == "image_svfr:scores") > TOLERANCES["fp32"].score_max_abs
+
+
+def test_bf16_graphs_checked_by_the_onnx_reference_evaluator(precision_engines):
+    checkpoint, folders = precision_engines
+    model = sigrl.load_checkpoint(checkpoint)
+    with pytest.raises(ValueError, match="cannot run the bf16 graphs"):
+        OnnxRuntime(folders["bf16"], device="cpu")
+    candidate = create_runtime("onnx-reference", engines=folders["bf16"])
+    vocabularies, images = parity_inputs(model.vocabulary, model.prompt_template, 64, [12], [2])
+    rows = compare_runtimes(TorchRuntime(model), candidate, vocabularies, images)
+    assert all(r.passed for r in rows), format_rows(rows)
+
+
+def test_int8_scores_do_not_depend_on_batch_mates(precision_engines):
+    checkpoint, folders = precision_engines
+    model = sigrl.load_checkpoint(checkpoint)
+    runtime = OnnxRuntime(folders["int8"], device="cpu")
+    vocabularies, (images,) = parity_inputs(model.vocabulary, model.prompt_template, 64, [12], [6])
+    label_emb, graph_emb = runtime.encode_labels(vocabularies[0])
+    together = runtime.score_images(images, label_emb, graph_emb)
+    alone = np.concatenate([runtime.score_images(images[i:i + 1], label_emb, graph_emb) for i in range(6)])
+    reordered = runtime.score_images(images[::-1].copy(), label_emb, graph_emb)[::-1]
+    np.testing.assert_array_equal(together, alone)
+    np.testing.assert_array_equal(together, reordered)
+
+
+def test_export_class_chunk_changes_the_loop_not_the_scores(tiny_engines, tmp_path):
+    checkpoint, fp32 = tiny_engines
+    out = tmp_path / "chunk7"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--class-chunk", "7"]) == 0
+    assert read_metadata(out / "image_svfr.onnx")["class_chunk"] == "7"
+    model = sigrl.load_checkpoint(checkpoint)
+    vocabularies, images = parity_inputs(model.vocabulary, model.prompt_template, 64, [12, 15], [2])
+    rows = compare_runtimes(OnnxRuntime(fp32, device="cpu"), OnnxRuntime(out, device="cpu"), vocabularies, images)
+    assert all(r.passed for r in rows), format_rows(rows)
+
+
+def test_parity_command_reads_the_precision(precision_engines, capsys):
+    checkpoint, folders = precision_engines
+    code = main(["parity", "--checkpoint", str(checkpoint), "--engines", str(folders["int8"]),
+                 "--classes", "12", "--batch", "2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "onnxruntime int8" in out and " int8" in out.splitlines()[2]
+
+
+def test_engines_without_precision_metadata_are_fp32(tiny_engines, tmp_path):
+    _, fp32 = tiny_engines
+    for name in ("text_gmc", "image_svfr"):
+        model = onnx.load(str(fp32 / f"{name}.onnx"))
+        kept = [p for p in model.metadata_props if not p.key.startswith(("sigrl.precision", "sigrl.export_precision",
+                                                                         "sigrl.tolerances"))]
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
+        onnx.save(model, str(tmp_path / f"{name}.onnx"))
+    assert engine_precisions(tmp_path) == {"text_gmc": "fp32", "image_svfr": "fp32"}
+
+
+def test_precision_mistakes_are_one_line(tiny_engines, precision_engines, capsys):
+    checkpoint, fp32 = tiny_engines
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--checkpoint", str(checkpoint), "--out", "x", "--precision", "fp8"])
+    assert exit_info.value.code == 2
+    assert "--precision" in capsys.readouterr().err
+    assert main(["parity", "--checkpoint", str(checkpoint), "--engines", str(fp32), "--precision", "fp16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "are fp32, not fp16" in err
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", "x", "--class-chunk", "0"]) == 2
+    assert "--class-chunk" in capsys.readouterr().err
+
+
+def test_eval_through_engines_matches_the_checkpoint(precision_engines, tmp_path):
+    """ΔmAP on the synthetic test set: fp32 engines within 0.05 of PyTorch, int8 and fp16 within their goals."""
+    checkpoint, folders = precision_engines
+    reports = {}
+    for name, extra in {"torch": [], "fp32": ["--engines", str(folders["fp32"])],
+                        "fp16": ["--engines", str(folders["fp16"])], "int8": ["--engines", str(folders["int8"])]}.items():
+        path = tmp_path / f"{name}.json"
+        assert main(["eval", "--checkpoint", str(checkpoint), "--json", str(path), *extra]) == 0
+        reports[name] = json.loads(path.read_text())["results"]["synthetic test"]["mAP"]
+    assert reports["torch"] > 55
+    assert abs(reports["fp32"] - reports["torch"]) <= 0.05
+    assert abs(reports["fp16"] - reports["torch"]) <= 0.3
+    assert abs(reports["int8"] - reports["torch"]) <= 0.5
