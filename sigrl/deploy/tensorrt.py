@@ -132,6 +132,12 @@ def trtexec_command(spec: EngineSpec, onnx_path: Path, plan_path: Path, features
     return " ".join(parts)
 
 
+def _interface(spec: EngineSpec) -> dict[str, dict[str, dict[str, Any]]]:
+    """The spec's inputs and outputs as JSON: ``{"inputs": {name: {"dtype", "shape"}}, "outputs": ...}``."""
+    return {kind: {t.name: {"dtype": t.dtype, "shape": list(t.shape)} for t in group}
+            for kind, group in (("inputs", spec.inputs), ("outputs", spec.outputs))}
+
+
 @dataclass
 class EngineBuild:
     """The build record of one plan: where it came from, its interface and profile, and what it cost."""
@@ -157,19 +163,16 @@ class EngineBuild:
         precision = metadata.get("precision", "fp32")
         if precision not in PRECISIONS:
             raise ValueError(f"{onnx_path} records precision {precision!r}, not one of {PRECISIONS}")
-        tensors = {kind: {t.name: {"dtype": t.dtype, "shape": list(t.shape)} for t in group}
-                   for kind, group in (("inputs", spec.inputs), ("outputs", spec.outputs))}
         return cls(engine=spec.name, plan=plan_name, onnx=onnx_path.name, onnx_sha256=file_sha256(onnx_path),
                    precision=precision, class_chunk=int(metadata.get("class_chunk", config["class_chunk"])),
-                   **tensors, profile=profile_shapes(spec), trtexec=trtexec)
+                   **_interface(spec), profile=profile_shapes(spec), trtexec=trtexec)
 
     def matches(self, spec: EngineSpec) -> list[str]:
         """How this plan's interface or profile differs from ``spec`` (empty when it fits)."""
         problems = []
         if self.engine != spec.name:
             problems.append(f"built for engine {self.engine!r}, not {spec.name!r}")
-        for kind, group in (("inputs", spec.inputs), ("outputs", spec.outputs)):
-            want = {t.name: {"dtype": t.dtype, "shape": list(t.shape)} for t in group}
+        for kind, want in _interface(spec).items():
             if getattr(self, kind) != want:
                 problems.append(f"{kind} {getattr(self, kind)} differ from the engine's {want}")
         if self.profile != profile_shapes(spec):
