@@ -329,6 +329,36 @@ def plan_commands(engines: Path, out: Path, features: TensorRTFeatures = TENSORR
             for s in specs}
 
 
+def load_plans(engines: str | Path, plan_dir: str | Path) -> BuildRecord:
+    """The build record of the plans in ``plan_dir``, checked against the engines in ``engines``.
+
+    FileNotFoundError naming what is missing and how to build it; ValueError when a plan was built for
+    another interface or profile, at another precision than the engine's metadata, or from other ONNX
+    files (SHA-256): a plan is never served with engines it was not built from.
+    """
+    engines, plan_dir = Path(engines), Path(plan_dir)
+    specs = engine_specs(engine_config(engines))
+    needed = [p for p in [*(plan_dir / f"{s.name}{PLAN_SUFFIX}" for s in specs), plan_dir / BUILD_RECORD]
+              if not p.is_file()]
+    if needed:
+        commands = "\n".join(plan_commands(engines, plan_dir).values())
+        raise FileNotFoundError(f"the tensorrt runtime needs {', '.join(map(str, needed))}; build them on the "
+                                f"serving GPU with `sigrl build-engines --engines {engines} --out {plan_dir}`, "
+                                f"or with:\n{commands}")
+    record = BuildRecord.load(plan_dir)
+    for spec in specs:
+        build, onnx_path = record.engines.get(spec.name), engines / spec.file_name
+        precision = read_metadata(onnx_path).get("precision", "fp32")
+        problems = build.matches(spec) if build else ["has no entry for this engine"]
+        if build and build.precision != precision:
+            problems.append(f"was built at {build.precision}, but {onnx_path} is {precision}")
+        elif build and build.onnx_sha256 != file_sha256(onnx_path):
+            problems.append(f"was built from another {spec.file_name} (SHA-256 {build.onnx_sha256[:12]}...)")
+        if problems:
+            raise ValueError(f"{plan_dir / BUILD_RECORD}: {spec.name} " + "; ".join(problems))
+    return record
+
+
 def describe_build(engines: Path, out: Path, features: TensorRTFeatures, options: BuildOptions,
                    gpu: tuple[str, str, str | None]) -> BuildRecord:
     """The record of building the plans of ``engines`` into ``out`` on ``gpu`` (name, compute capability,

@@ -29,9 +29,9 @@ from typing import Any, Literal
 from google.protobuf import text_encoding, text_format
 
 from sigrl.deploy.engines import EngineSpec, engine_specs
-from sigrl.deploy.onnx_export import file_sha256, read_metadata
+from sigrl.deploy.onnx_export import read_metadata
 from sigrl.deploy.runtimes import engine_config
-from sigrl.deploy.tensorrt import BUILD_RECORD, BuildRecord, plan_commands
+from sigrl.deploy.tensorrt import BuildRecord, load_plans
 from sigrl.serving.backend import (
     ENTRY_MODEL,
     PARAM_CACHE_SIZE,
@@ -172,37 +172,21 @@ def _engine_files(engines: Path, runtime: Runtime, specs: Sequence[EngineSpec],
 
 def _plan_files(engines: Path, specs: Sequence[EngineSpec],
                 plan_dirs: Sequence[Path]) -> dict[str, list[tuple[Path, str]]]:
-    """The plans of each folder in ``plan_dirs`` (``sigrl build-engines`` output), checked against their build
-    record: built from these very ONNX files (SHA-256) at the engines' precision, with the engines' interface
-    and profile. One folder: ``model.plan``; several (one per compute capability): ``model_sm<cc>.plan``,
-    chosen by Triton through ``cc_model_filenames``. FileNotFoundError (with the build commands) when absent."""
+    """The plans of each folder in ``plan_dirs``, checked by :func:`~sigrl.deploy.tensorrt.load_plans`. One
+    folder: ``model.plan``; several (one per compute capability): ``model_sm<cc>.plan``, which Triton picks
+    through ``cc_model_filenames``."""
     files: dict[str, list[tuple[Path, str]]] = {s.name: [] for s in specs}
     capabilities: dict[str, Path] = {}
     for plan_dir in map(Path, plan_dirs):
-        missing = [plan_dir / f"{s.name}.plan" for s in specs if not (plan_dir / f"{s.name}.plan").is_file()]
-        if missing or not (plan_dir / BUILD_RECORD).is_file():
-            commands = "\n".join(plan_commands(engines, plan_dir).values())
-            needed = ", ".join(str(p) for p in [*missing, plan_dir / BUILD_RECORD] if not p.is_file())
-            raise FileNotFoundError(f"the tensorrt runtime needs {needed}; build them on the serving GPU with "
-                                    f"`sigrl build-engines --engines {engines} --out {plan_dir}`, or with:\n{commands}")
-        record = BuildRecord.load(plan_dir)
+        record = load_plans(engines, plan_dir)
         if record.compute_capability in capabilities:
             raise ValueError(f"{plan_dir} and {capabilities[record.compute_capability]} both hold plans for compute "
                              f"capability {record.compute_capability}")
         capabilities[record.compute_capability] = plan_dir
+        sm = record.compute_capability.replace(".", "")
         for spec in specs:
-            build, onnx_path = record.engines.get(spec.name), engines / spec.file_name
-            precision = read_metadata(onnx_path).get("precision", "fp32")
-            problems = build.matches(spec) if build else ["has no entry for this engine"]
-            if build and build.precision != precision:
-                problems.append(f"was built at {build.precision}, but {onnx_path} is {precision}")
-            elif build and build.onnx_sha256 != file_sha256(onnx_path):
-                problems.append(f"was built from another {spec.file_name} (SHA-256 {build.onnx_sha256[:12]}...)")
-            if problems:
-                raise ValueError(f"{plan_dir / BUILD_RECORD}: {spec.name} " + "; ".join(problems))
-            sm = record.compute_capability.replace(".", "")
             target = f"model_sm{sm}.plan" if len(plan_dirs) > 1 else "model.plan"
-            files[spec.name].append((plan_dir / build.plan, target))
+            files[spec.name].append((plan_dir / record.engines[spec.name].plan, target))
     return files
 
 
