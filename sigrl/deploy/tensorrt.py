@@ -33,7 +33,7 @@ PLAN_SUFFIX = ".plan"
 BUILD_RECORD = "build_record.json"
 RECORD_SCHEMA = "sigrl.tensorrt-build/1"
 HARDWARE_COMPAT = ("none", "ampere+")
-_HARDWARE_COMPAT_ENUM = {"none": "NONE", "ampere+": "AMPERE_PLUS"}
+_HARDWARE_COMPAT_ENUM = {"ampere+": "AMPERE_PLUS"}  # HardwareCompatibilityLevel member per --hardware-compat
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
@@ -308,8 +308,9 @@ def _build_plan(trt: ModuleType, features: TensorRTFeatures, spec: EngineSpec, o
         config.hardware_compatibility_level = level
     if options.builder_optimization_level is not None:
         config.builder_optimization_level = options.builder_optimization_level
-    cache = config.create_timing_cache(timing_cache)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if not config.set_timing_cache(config.create_timing_cache(timing_cache), ignore_mismatch=False):
+        raise ValueError(f"the timing cache {options.timing_cache} comes from another GPU or TensorRT version: "
+                         "delete it or pass another --timing-cache")
     profile = builder.create_optimization_profile()
     for name, (low, opt, high) in spec.profile().items():
         profile.set_shape(name, low, opt, high)
