@@ -91,7 +91,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     repo.add_argument("--plans", nargs="+", default=[], metavar="DIR",
                       help="tensorrt: `sigrl build-engines` folders, one per compute capability (default: --engines)")
     repo.add_argument("--ort-tensorrt", choices=("FP32", "FP16", "BF16", "INT8"), metavar="PRECISION_MODE",
-                      help="onnxruntime: use ONNX Runtime's TensorRT accelerator (FP32 keeps the graph's types)")
+                      help="onnxruntime: ONNX Runtime's TensorRT accelerator, FP32|FP16|BF16|INT8 (FP32: graph types)")
     repo.add_argument("--ort-tensorrt-cache", metavar="DIR", help="--ort-tensorrt engine cache folder on the server")
     repo.set_defaults(func=cmd_triton_repo)
     serve = commands.add_parser("serve", help="run the Triton server bundled in nvidia-pytriton on a repository")
