@@ -271,7 +271,7 @@ def import_tensorrt() -> ModuleType:
 
 
 def _gpu() -> tuple[str, str, str | None]:
-    """Name, compute capability (``"8.6"``) and CUDA version of the current device, via torch."""
+    """Name and compute capability (``"8.6"``) of the current device, and the CUDA version torch was built with."""
     import torch
 
     if not torch.cuda.is_available():
