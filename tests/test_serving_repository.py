@@ -22,6 +22,7 @@ import sigrl
 from sigrl.data.transforms import build_transform
 from sigrl.deploy.engines import engine_specs
 from sigrl.deploy.onnx_export import engine_metadata
+from sigrl.deploy.tensorrt import BUILD_RECORD, TENSORRT_10, BuildOptions, describe_build
 
 pytest.importorskip("tritonclient.grpc", reason='needs tritonclient (pip install -c constraints.txt -e ".[serve]")')
 
@@ -40,7 +41,7 @@ from sigrl.serving.backend import (  # noqa: E402
     validate_labels,
     validate_top_k,
 )
-from sigrl.serving.repository import build_repository, trtexec_command  # noqa: E402
+from sigrl.serving.repository import build_repository  # noqa: E402
 
 VOCABULARY = ["red circle", "blue square", "green triangle", "café"]
 MODELS = ["image_svfr", "preprocess", "sigrl", "text_gmc"]
@@ -72,10 +73,12 @@ def fake_engines(tiny_model, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def plan_engines(fake_engines, tmp_path) -> Path:
-    """The fake engines plus dummy TensorRT plans (nothing serves them here)."""
+    """The fake engines plus dummy TensorRT plans and their build record (nothing serves them here)."""
     engines = Path(shutil.copytree(fake_engines, tmp_path / "engines"))
     for name in ("text_gmc", "image_svfr"):
         (engines / f"{name}.plan").write_bytes(b"dummy plan " + name.encode())
+    record = describe_build(engines, engines, TENSORRT_10, BuildOptions(), ("test GPU", "8.6", None))
+    (engines / BUILD_RECORD).write_text(record.to_json())
     return engines
 
 
@@ -224,13 +227,6 @@ def test_missing_tensorrt_plans_name_the_files_and_the_trtexec_commands(fake_eng
             "--optShapes=images:8x3x64x64,label_emb:81x64,graph_emb:81x64 "
             "--maxShapes=images:32x3x64x64,label_emb:1024x64,graph_emb:1024x64") in message
     assert not (tmp_path / "repo").exists()
-
-
-def test_trtexec_command_uses_the_spec_profile(tiny_model):
-    text_spec, _ = engine_specs(tiny_model.config)
-    command = trtexec_command(text_spec, Path("e/text_gmc.onnx"), Path("e/text_gmc.plan"))
-    assert command == ("trtexec --onnx=e/text_gmc.onnx --saveEngine=e/text_gmc.plan --minShapes=token_ids:1x2 "
-                       "--optShapes=token_ids:81x16 --maxShapes=token_ids:1024x77")
 
 
 def test_existing_repository_is_kept_unless_overwrite(fake_engines, tmp_path):

@@ -1,5 +1,6 @@
 """The static TensorRT-readiness check, on small hand-built ONNX graphs (opset 18)."""
 
+import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
@@ -174,3 +175,26 @@ def test_reduce_with_computed_axes_is_reported():
     assert tensorrt_problems(initializer_axes) == []
     constant_node = helper.make_node("Constant", [], ["axes"], value=_ints("axes_value", [1]))
     assert tensorrt_problems(_model([constant_node, nodes[-1]], [_value("x")], [_value("y", shape=[2, 1])])) == []
+
+
+@pytest.mark.parametrize("elem_type", [TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16])
+def test_reduced_precision_block_with_fp32_io_passes(elem_type):
+    """The shape of a ``sigrl export --precision`` graph: float32 I/O cast to the compute type, MatMul,
+    LayerNormalization, Softmax and a Scan carrying state in that type, cast back to float32."""
+    def typed(name, shape):
+        return helper.make_tensor_value_info(name, elem_type, list(shape))
+
+    def weight(name, shape):
+        return helper.make_tensor(name, TensorProto.FLOAT, list(shape), [0.5] * int(np.prod(shape)))
+
+    body = helper.make_graph([helper.make_node("Add", ["s_in", "row"], ["s_out"]),
+                              helper.make_node("Softmax", ["row"], ["o"], name="inner")],
+                             "body", [typed("s_in", [3]), typed("row", [3])], [typed("s_out", [3]), typed("o", [3])])
+    nodes = [helper.make_node("Cast", [name], [f"{name}_t"], to=elem_type) for name in ("x", "w", "scale", "s0")]
+    nodes += [helper.make_node("MatMul", ["x_t", "w_t"], ["h"], name="mm"),
+              helper.make_node("LayerNormalization", ["h", "scale_t"], ["n"], name="ln"),
+              helper.make_node("Scan", ["s0_t", "n"], ["s", "rows"], num_scan_inputs=1, body=body, name="scan"),
+              helper.make_node("Cast", ["rows"], ["y"], to=TensorProto.FLOAT)]
+    initializers = [weight("w", [3, 3]), weight("scale", [3]), weight("s0", [3])]
+    model = _model(nodes, [_value("x")], [_value("y")], initializers=initializers)
+    assert tensorrt_problems(model) == []

@@ -12,7 +12,8 @@ def cmd_triton_repo(args: argparse.Namespace) -> int:
     from sigrl.serving.repository import build_repository
 
     repo = build_repository(Path(args.engines), args.runtime, Path(args.out), max_batch=args.max_batch,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, plans=[Path(p) for p in args.plans],
+                            ort_tensorrt=args.ort_tensorrt, ort_tensorrt_cache=args.ort_tensorrt_cache)
     print(f"Triton model repository ({args.runtime} runtime) written to {repo}")
     return 0
 
@@ -87,6 +88,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     repo.add_argument("--out", required=True)
     repo.add_argument("--max-batch", type=int, default=32, help="images per batch of the entry model")
     repo.add_argument("--overwrite", action="store_true", help="replace an existing repository")
+    repo.add_argument("--plans", nargs="+", default=[], metavar="DIR",
+                      help="tensorrt: `sigrl build-engines` folders, one per compute capability (default: --engines)")
+    repo.add_argument("--ort-tensorrt", choices=("FP32", "FP16", "BF16", "INT8"), metavar="PRECISION_MODE",
+                      help="onnxruntime: ONNX Runtime's TensorRT accelerator, FP32|FP16|BF16|INT8 (FP32: graph types)")
+    repo.add_argument("--ort-tensorrt-cache", metavar="DIR", help="--ort-tensorrt engine cache folder on the server")
     repo.set_defaults(func=cmd_triton_repo)
     serve = commands.add_parser("serve", help="run the Triton server bundled in nvidia-pytriton on a repository")
     serve.add_argument("--repo", required=True)

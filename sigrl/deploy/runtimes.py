@@ -239,3 +239,99 @@ def create_runtime(kind: str, *, model: SigRL | None = None, engines: str | Path
         raise ValueError(f"the engines in {engines} are {runtime.precision}, not {precision}: "
                          f"export them with --precision {precision}")
     return runtime
+
+
+class TensorRTRuntime(EngineRuntime):
+    """Both engines as TensorRT plans from ``sigrl build-engines``, run on one CUDA device.
+
+    ``plan_dir`` holds the plans and their ``build_record.json``. Buffers are torch CUDA tensors, the
+    input shapes are set on every call (one execution context serves every size in the profile), and
+    inputs are checked against the engine spec and against the profile the plan itself reports.
+    :attr:`precision` is the precision recorded at build time, the tolerance parity applies.
+    TensorRT is imported here, so this module imports without it.
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, plan_dir: str | Path, device: str = "cuda:0") -> None:
+        from sigrl.deploy.tensorrt import BuildRecord, import_tensorrt
+
+        plan_dir = Path(plan_dir)
+        self.record = BuildRecord.load(plan_dir)
+        self.engine_precisions = {name: build.precision for name, build in self.record.engines.items()}
+        self.device = torch.device(device)
+        if self.device.type != "cuda" or not torch.cuda.is_available():
+            raise RuntimeError(f"TensorRT plans run on a CUDA device; got device={device!r} with "
+                               f"torch.cuda.is_available() = {torch.cuda.is_available()}")
+        trt = import_tensorrt()
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.text_spec, self.image_spec = engine_specs(SigRLConfig(**self.record.config))
+        self.plans = {}
+        for spec in (self.text_spec, self.image_spec):
+            build = self.record.engines.get(spec.name)
+            problems = build.matches(spec) if build else [f"has no entry for {spec.name}"]
+            if problems:
+                raise ValueError(f"{plan_dir / 'build_record.json'}: " + "; ".join(problems))
+            self.plans[spec.name] = _TensorRTPlan(trt, runtime, plan_dir / build.plan, spec, self.device)
+
+    @property
+    def provider(self) -> str:
+        return f"TensorRT {self.record.tensorrt_version} on {self.device} ({self.record.gpu_name})"
+
+    def _encode_labels(self, token_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        label_emb, graph_emb = self.plans[self.text_spec.name].run({"token_ids": token_ids})
+        return label_emb, graph_emb
+
+    def _score_images(self, images: np.ndarray, label_emb: np.ndarray, graph_emb: np.ndarray) -> np.ndarray:
+        feeds = {"images": images, "label_emb": label_emb, "graph_emb": graph_emb}
+        return self.plans[self.image_spec.name].run(feeds)[0]
+
+
+_TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32,
+                 "INT64": torch.int64, "BOOL": torch.bool}
+
+
+class _TensorRTPlan:
+    """One deserialized plan with its execution context, I/O dtypes and profile 0."""
+
+    def __init__(self, trt: object, runtime: object, path: Path, spec: TextGMCEngine | ImageSVFREngine,
+                 device: torch.device) -> None:
+        with torch.cuda.device(device):
+            self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
+            if self.engine is None:
+                raise RuntimeError(f"TensorRT {trt.__version__} cannot load {path}: plans are tied to the TensorRT "
+                                   "version and GPU they were built on (see build_record.json)")
+            self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        if sorted(inputs) != sorted(spec.input_names) or sorted(set(names) - set(inputs)) != sorted(spec.output_names):
+            raise ValueError(f"{path} has tensors {names}, the {spec.name} engine "
+                             f"{spec.input_names} -> {spec.output_names}")
+        self.spec, self.device = spec, device
+        self.dtypes = {n: _TORCH_DTYPES[self.engine.get_tensor_dtype(n).name] for n in names}
+        self.profile = {n: [tuple(s) for s in self.engine.get_tensor_profile_shape(n, 0)] for n in inputs}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The outputs (float32 numpy) for ``feeds``; ValueError for a shape outside the plan's profile."""
+        self.spec.check_inputs(feeds)
+        for name, array in feeds.items():
+            low, _, high = self.profile[name]
+            if not all(lo <= d <= hi for d, lo, hi in zip(array.shape, low, high)):
+                raise ValueError(f"{self.spec.name}: input {name!r} has shape {list(array.shape)}, outside the "
+                                 f"plan's profile {list(low)} .. {list(high)}")
+        tensors = {}
+        with torch.cuda.device(self.device):
+            stream = torch.cuda.current_stream(self.device)
+            for name, array in feeds.items():
+                tensors[name] = torch.from_numpy(array).to(self.device, self.dtypes[name]).contiguous()
+                if not self.context.set_input_shape(name, tuple(tensors[name].shape)):
+                    raise ValueError(f"{self.spec.name}: TensorRT rejected shape {list(array.shape)} for {name!r}")
+                self.context.set_tensor_address(name, tensors[name].data_ptr())
+            for name in self.spec.output_names:
+                shape = tuple(self.context.get_tensor_shape(name))
+                tensors[name] = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
+                self.context.set_tensor_address(name, tensors[name].data_ptr())
+            if not self.context.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError(f"{self.spec.name}: TensorRT execution failed (see its log above)")
+            stream.synchronize()
+        return [tensors[n].float().cpu().numpy() for n in self.spec.output_names]

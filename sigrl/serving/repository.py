@@ -31,6 +31,7 @@ from google.protobuf import text_encoding, text_format
 from sigrl.deploy.engines import EngineSpec, engine_specs
 from sigrl.deploy.onnx_export import read_metadata
 from sigrl.deploy.runtimes import engine_config
+from sigrl.deploy.tensorrt import BuildRecord, load_plans
 from sigrl.serving.backend import (
     ENTRY_MODEL,
     PARAM_CACHE_SIZE,
@@ -57,6 +58,7 @@ _TRITON_TYPES = {"float32": "TYPE_FP32", "int32": "TYPE_INT32"}
 _ENGINE_BACKENDS = {"python": 'backend: "python"', "onnxruntime": 'platform: "onnxruntime_onnx"',
                     "tensorrt": 'platform: "tensorrt_plan"'}
 _PYTHON_MODELS = {cls.engine: cls for cls in (TextGMCModel, ImageSVFRModel)}
+ORT_TENSORRT_PRECISIONS = ("FP32", "FP16", "BF16", "INT8")
 _INSTALL_HINT = 'pip install -c constraints.txt -e ".[serve]"'
 
 
@@ -102,14 +104,15 @@ def _warmup(spec: EngineSpec) -> str:
     return "model_warmup [ {\n" + body + "\n} ]"
 
 
-def engine_model_config(spec: EngineSpec, runtime: Runtime) -> str:
-    """``config.pbtxt`` of an engine model: its interface, written once in the engine spec."""
+def engine_model_config(spec: EngineSpec, runtime: Runtime, extra: Sequence[str] = ()) -> str:
+    """``config.pbtxt`` of an engine model: its interface, written once in the engine spec, plus ``extra``
+    runtime-specific lines (TensorRT plans per compute capability, ONNX Runtime's TensorRT accelerator)."""
     tensors = {kind: [_tensor(t.name, _TRITON_TYPES[t.dtype], t.shape) for t in group]
                for kind, group in (("input", spec.inputs), ("output", spec.outputs))}
     return "\n".join([
         f'name: "{spec.name}"', _ENGINE_BACKENDS[runtime], "max_batch_size: 0",
         _tensor_list("input", tensors["input"]), _tensor_list("output", tensors["output"]),
-        _instance_group("KIND_CPU" if runtime == "python" else "KIND_GPU"), _warmup(spec),
+        _instance_group("KIND_CPU" if runtime == "python" else "KIND_GPU"), _warmup(spec), *extra,
     ]) + "\n"
 
 
@@ -157,30 +160,74 @@ def _shim(model_class: type) -> str:
             f"from {model_class.__module__} import {model_class.__name__} as TritonPythonModel  # noqa: F401\n")
 
 
-def trtexec_command(spec: EngineSpec, onnx_path: Path, plan_path: Path) -> str:
-    """The ``trtexec`` command that builds ``plan_path`` from ``onnx_path`` with the spec's shape profile."""
-    profile = spec.profile()
-
-    def shapes(level: int) -> str:
-        return ",".join(f"{name}:{'x'.join(map(str, shape[level]))}" for name, shape in profile.items())
-
-    return (f"trtexec --onnx={onnx_path} --saveEngine={plan_path} "
-            f"--minShapes={shapes(0)} --optShapes={shapes(1)} --maxShapes={shapes(2)}")
-
-
-def _engine_files(engines: Path, runtime: Runtime, specs: Sequence[EngineSpec]) -> dict[str, tuple[Path, str]]:
-    """Per engine model: the file to copy and its name in ``1/``; FileNotFoundError for missing TensorRT plans."""
+def _engine_files(engines: Path, runtime: Runtime, specs: Sequence[EngineSpec],
+                  plans: Sequence[Path] = ()) -> dict[str, list[tuple[Path, str]]]:
+    """Per engine model: the files to copy and their names in ``1/`` (see :func:`_plan_files` for TensorRT)."""
     if runtime == "python":  # the backend models load <engine>.onnx from their version folder
-        return {s.name: (engines / s.file_name, s.file_name) for s in specs}
+        return {s.name: [(engines / s.file_name, s.file_name)] for s in specs}
     if runtime == "onnxruntime":
-        return {s.name: (engines / s.file_name, "model.onnx") for s in specs}
-    plans = {s.name: engines / f"{s.name}.plan" for s in specs}
-    missing = [s for s in specs if not plans[s.name].is_file()]
-    if missing:
-        commands = "\n".join(trtexec_command(s, engines / s.file_name, plans[s.name]) for s in missing)
-        raise FileNotFoundError(f"the tensorrt runtime needs {', '.join(str(plans[s.name]) for s in missing)}; "
-                                f"build them on the serving GPU with:\n{commands}")
-    return {name: (plan, "model.plan") for name, plan in plans.items()}
+        return {s.name: [(engines / s.file_name, "model.onnx")] for s in specs}
+    return _plan_files(engines, specs, plans or [engines])
+
+
+def _plan_files(engines: Path, specs: Sequence[EngineSpec],
+                plan_dirs: Sequence[Path]) -> dict[str, list[tuple[Path, str]]]:
+    """The plans of each folder in ``plan_dirs``, checked by :func:`~sigrl.deploy.tensorrt.load_plans`. One
+    folder: ``model.plan``; several (one per compute capability): ``model_sm<cc>.plan``, which Triton picks
+    through ``cc_model_filenames``."""
+    files: dict[str, list[tuple[Path, str]]] = {s.name: [] for s in specs}
+    capabilities: dict[str, Path] = {}
+    for plan_dir in map(Path, plan_dirs):
+        record = load_plans(engines, plan_dir)
+        if record.compute_capability in capabilities:
+            raise ValueError(f"{plan_dir} and {capabilities[record.compute_capability]} both hold plans for compute "
+                             f"capability {record.compute_capability}")
+        capabilities[record.compute_capability] = plan_dir
+        sm = record.compute_capability.replace(".", "")
+        for spec in specs:
+            target = f"model_sm{sm}.plan" if len(plan_dirs) > 1 else "model.plan"
+            files[spec.name].append((plan_dir / record.engines[spec.name].plan, target))
+    return files
+
+
+def _plan_capabilities(files: Sequence[tuple[Path, str]]) -> list[str]:
+    """``cc_model_filenames`` entries for plans named ``model_sm<cc>.plan`` (none for a single ``model.plan``)."""
+    return [f'cc_model_filenames {{ key: "{BuildRecord.load(source.parent).compute_capability}" value: "{target}" }}'
+            for source, target in files if target != "model.plan"]
+
+
+def _check_runtime_options(runtime: Runtime, plans: Sequence[Path], ort_tensorrt: str | None,
+                           ort_tensorrt_cache: str | None) -> None:
+    """ValueError when an option is given to a runtime that does not use it."""
+    if plans and runtime != "tensorrt":
+        raise ValueError("plans (--plans) are served by the tensorrt runtime only")
+    if (ort_tensorrt or ort_tensorrt_cache) and runtime != "onnxruntime":
+        raise ValueError("ONNX Runtime's TensorRT accelerator (--ort-tensorrt) needs the onnxruntime runtime")
+    if ort_tensorrt_cache and not ort_tensorrt:
+        raise ValueError("an engine cache (--ort-tensorrt-cache) needs the accelerator on (--ort-tensorrt)")
+
+
+def _engine_extras(runtime: Runtime, files: Mapping[str, Sequence[tuple[Path, str]]], ort_tensorrt: str | None,
+                   ort_tensorrt_cache: str | None) -> dict[str, list[str]]:
+    """Per engine model, the runtime-specific config lines (see :func:`engine_model_config`)."""
+    if runtime == "tensorrt":
+        return {name: _plan_capabilities(entries) for name, entries in files.items()}
+    accelerator = [ort_tensorrt_accelerator(ort_tensorrt, ort_tensorrt_cache)] if ort_tensorrt else []
+    return {name: list(accelerator) for name in files}
+
+
+def ort_tensorrt_accelerator(precision_mode: str, engine_cache: str | None = None) -> str:
+    """The ``optimization`` block that runs an ``onnxruntime_onnx`` model through ONNX Runtime's TensorRT
+    execution provider (parameter names of Triton's onnxruntime backend). ``FP32`` keeps the graph's own
+    types; ``engine_cache``, a folder on the serving machine, keeps built engines across restarts."""
+    if precision_mode not in ORT_TENSORRT_PRECISIONS:
+        raise ValueError(f"precision_mode must be one of {ORT_TENSORRT_PRECISIONS}, got {precision_mode!r}")
+    values = {"precision_mode": precision_mode}
+    if engine_cache:
+        values |= {"trt_engine_cache_enable": "1", "trt_engine_cache_path": engine_cache}
+    parameters = " ".join(f'parameters {{ key: "{k}" value: "{_escape(v)}" }}' for k, v in values.items())
+    return ("optimization { execution_accelerators { gpu_execution_accelerator: [ "
+            f'{{ name: "tensorrt" {parameters} }} ] }} }}')
 
 
 def _preprocess_params(metadata: Mapping[str, str], image_size: int) -> dict[str, Any]:
@@ -220,13 +267,17 @@ def _move_into_place(staging: Path, out: Path) -> None:
 
 def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: int = 32,
                      max_image_bytes: int = 20 * 2**20, max_labels: int | None = None, cache_size: int = 32,
-                     default_top_k: int = 5, overwrite: bool = False) -> Path:
+                     default_top_k: int = 5, overwrite: bool = False, plans: Sequence[Path] = (),
+                     ort_tensorrt: str | None = None, ort_tensorrt_cache: str | None = None) -> Path:
     """Write a Triton model repository for the engines in ``engines`` (``sigrl export``) to ``out``.
 
     ``max_batch`` caps the images per batch of ``sigrl`` and ``preprocess`` (at most the image
     engine's batch range), ``max_labels`` the labels per request (default and at most the engines'
     class range), ``max_image_bytes`` an encoded image's size; ``cache_size`` vocabularies stay
     encoded. A non-empty ``out`` is replaced only with ``overwrite``. Returns ``out``.
+    ``plans``: folders of ``sigrl build-engines`` for the tensorrt runtime (default ``engines``), one per
+    compute capability; ``ort_tensorrt``: a precision_mode that turns on ONNX Runtime's TensorRT
+    accelerator for the onnxruntime runtime, with its engine cache in ``ort_tensorrt_cache``.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -243,12 +294,14 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
     _check_range("default_top_k", default_top_k, 1)
     preprocess = _preprocess_params(metadata, image_spec.image_size)
     _check_target(out, overwrite)
-    files = _engine_files(engines, runtime, specs)
+    _check_runtime_options(runtime, plans, ort_tensorrt, ort_tensorrt_cache)
+    files = _engine_files(engines, runtime, specs, plans)
+    extra = _engine_extras(runtime, files, ort_tensorrt, ort_tensorrt_cache)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
-        configs = {spec.name: engine_model_config(spec, runtime) for spec in specs}
+        configs = {spec.name: engine_model_config(spec, runtime, extra[spec.name]) for spec in specs}
         configs[PREPROCESS_MODEL] = preprocess_model_config(image_spec.image_size, preprocess, max_batch)
         configs[ENTRY_MODEL] = entry_model_config(max_batch, max_image_bytes, max_labels, cache_size, default_top_k,
                                                   json.loads(metadata["vocabulary"]))
@@ -261,8 +314,7 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
             (staging / name / "config.pbtxt").write_text(text)
             if name in python_models:
                 (staging / name / VERSION / "model.py").write_text(_shim(python_models[name]))
-            if name in files:
-                source, target = files[name]
+            for source, target in files.get(name, []):
                 shutil.copyfile(source, staging / name / VERSION / target)
         settings = {"vocabulary": json.loads(metadata["vocabulary"]), "prompt_template": metadata["prompt_template"]}
         settings_text = json.dumps(settings, indent=2, ensure_ascii=False)

@@ -1,0 +1,431 @@
+"""Compile the exported ONNX engines into TensorRT plans, and describe each build in a JSON record.
+
+One plan per engine (``text_gmc.plan``, ``image_svfr.plan``), one optimisation profile per plan taken
+from the engine spec's min/opt/max ranges, and ``build_record.json`` beside them: TensorRT version,
+GPU and compute capability, the precision and class chunk read from the ONNX metadata, the profiles,
+the ONNX SHA-256 and the build seconds. Triton configs and :class:`~sigrl.deploy.runtimes.TensorRTRuntime`
+read the record back, so a plan is never used with engines it was not built from.
+
+Precision comes from the graph: the network is strongly typed (opted into on TensorRT 10.x, always on
+in 11.x, which removed the FP16/BF16/INT8 builder flags) and TF32 is turned off, so a plan computes in
+the types ``sigrl export --precision`` wrote. TensorRT 10.x and 11.x are told apart by the features the
+installed module has (:class:`TensorRTFeatures`), not by its version string. Like ``sigrl export``,
+plans are written to a temporary folder beside the output and renamed into place when all succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from sigrl.deploy.engines import EngineSpec, engine_specs
+from sigrl.deploy.onnx_export import file_sha256, read_metadata
+from sigrl.deploy.runtimes import engine_config, engine_precisions
+from sigrl.precision import PRECISIONS
+
+PLAN_SUFFIX = ".plan"
+BUILD_RECORD = "build_record.json"
+RECORD_SCHEMA = "sigrl.tensorrt-build/1"
+HARDWARE_COMPAT = ("none", "ampere+")
+_HARDWARE_COMPAT_ENUM = {"ampere+": "AMPERE_PLUS"}  # HardwareCompatibilityLevel member per --hardware-compat
+
+
+class TensorRTUnavailable(RuntimeError):
+    """TensorRT (the Python module) or a CUDA GPU is missing on this machine."""
+
+
+class OnnxParseError(ValueError):
+    """TensorRT's ONNX parser rejected a graph; the message lists each error with its node."""
+
+
+@dataclass(frozen=True)
+class TensorRTFeatures:
+    """What the build depends on that differs between TensorRT releases, found by feature detection.
+
+    ``weak_typing``: the FP16/BF16/INT8 builder flags exist (10.x), so a network is weakly typed unless
+    created with ``STRONGLY_TYPED`` (``trtexec --stronglyTyped``); 11.x removed them and is always
+    strongly typed. ``tf32_flag``: ``BuilderFlag.TF32`` exists (``--noTF32`` turns it off).
+    ``hardware_compat``: ``HardwareCompatibilityLevel`` exists (``--hardwareCompatibilityLevel``).
+    """
+
+    version: str
+    weak_typing: bool
+    tf32_flag: bool = True
+    hardware_compat: bool = True
+
+    @classmethod
+    def detect(cls, trt: ModuleType) -> TensorRTFeatures:
+        """The features of an imported ``tensorrt`` module."""
+        return cls(version=trt.__version__, weak_typing=hasattr(trt.BuilderFlag, "FP16"),
+                   tf32_flag=hasattr(trt.BuilderFlag, "TF32"),
+                   hardware_compat=hasattr(trt, "HardwareCompatibilityLevel"))
+
+
+# The documented feature sets, for printing commands where TensorRT is not installed.
+TENSORRT_10 = TensorRTFeatures("10.x", weak_typing=True)
+TENSORRT_11 = TensorRTFeatures("11.x", weak_typing=False)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Builder settings that ``sigrl build-engines`` exposes (``None``: TensorRT's default)."""
+
+    workspace_gb: float = 4.0
+    timing_cache: Path | None = None
+    hardware_compat: str = "none"
+    builder_optimization_level: int | None = None
+
+    def check(self) -> None:
+        """ValueError naming the option that is out of range."""
+        if not self.workspace_gb > 0:
+            raise ValueError(f"--workspace-gb must be > 0, got {self.workspace_gb}")
+        if self.hardware_compat not in HARDWARE_COMPAT:
+            raise ValueError(f"--hardware-compat must be one of {HARDWARE_COMPAT}, got {self.hardware_compat!r}")
+        level = self.builder_optimization_level
+        if level is not None and not 0 <= level <= 5:
+            raise ValueError(f"--builder-optimization-level must be in [0, 5], got {level}")
+
+    @property
+    def workspace_bytes(self) -> int:
+        return int(self.workspace_gb * 2**30)
+
+
+def profile_shapes(spec: EngineSpec) -> dict[str, dict[str, list[int]]]:
+    """The spec's optimisation profile as ``{input: {"min": [...], "opt": [...], "max": [...]}}``."""
+    return {name: dict(zip(("min", "opt", "max"), map(list, levels))) for name, levels in spec.profile().items()}
+
+
+def trtexec_command(spec: EngineSpec, onnx_path: Path, plan_path: Path, features: TensorRTFeatures = TENSORRT_10,
+                    options: BuildOptions = BuildOptions()) -> str:
+    """The ``trtexec`` command equivalent to :func:`build_plans` for one engine on the given TensorRT.
+
+    Flags follow trtexec's documented options: the three shape flags, ``--stronglyTyped`` only where
+    networks are weakly typed by default (10.x), ``--noTF32`` where TF32 is a builder flag, the
+    workspace pool in MiB, and the optional timing cache, hardware compatibility and optimisation level.
+    """
+    profile = spec.profile()
+
+    def shapes(level: int) -> str:
+        return ",".join(f"{name}:{'x'.join(map(str, shape[level]))}" for name, shape in profile.items())
+
+    parts = [f"trtexec --onnx={onnx_path} --saveEngine={plan_path}",
+             f"--minShapes={shapes(0)} --optShapes={shapes(1)} --maxShapes={shapes(2)}"]
+    if features.weak_typing:
+        parts.append("--stronglyTyped")
+    if features.tf32_flag:
+        parts.append("--noTF32")
+    parts.append(f"--memPoolSize=workspace:{options.workspace_bytes // 2**20}M")
+    if options.timing_cache is not None:
+        parts.append(f"--timingCacheFile={options.timing_cache}")
+    if options.hardware_compat != "none":
+        parts.append(f"--hardwareCompatibilityLevel={options.hardware_compat}")
+    if options.builder_optimization_level is not None:
+        parts.append(f"--builderOptimizationLevel={options.builder_optimization_level}")
+    parts.append("--skipInference")
+    return " ".join(parts)
+
+
+def _interface(spec: EngineSpec) -> dict[str, dict[str, dict[str, Any]]]:
+    """The spec's inputs and outputs as JSON: ``{"inputs": {name: {"dtype", "shape"}}, "outputs": ...}``."""
+    return {kind: {t.name: {"dtype": t.dtype, "shape": list(t.shape)} for t in group}
+            for kind, group in (("inputs", spec.inputs), ("outputs", spec.outputs))}
+
+
+@dataclass
+class EngineBuild:
+    """The build record of one plan: where it came from, its interface and profile, and what it cost."""
+
+    engine: str
+    plan: str
+    onnx: str
+    onnx_sha256: str
+    precision: str
+    class_chunk: int
+    inputs: dict[str, dict[str, Any]]
+    outputs: dict[str, dict[str, Any]]
+    profile: dict[str, dict[str, list[int]]]
+    trtexec: str
+    build_seconds: float | None = None
+    plan_bytes: int | None = None
+
+    @classmethod
+    def describe(cls, spec: EngineSpec, onnx_path: Path, plan_name: str, trtexec: str) -> EngineBuild:
+        """The record of ``spec``'s plan before it is built: interface, profile, metadata, ONNX hash."""
+        metadata = read_metadata(onnx_path)
+        config = json.loads(metadata["config"])
+        precision = metadata.get("precision", "fp32")
+        if precision not in PRECISIONS:
+            raise ValueError(f"{onnx_path} records precision {precision!r}, not one of {PRECISIONS}")
+        return cls(engine=spec.name, plan=plan_name, onnx=onnx_path.name, onnx_sha256=file_sha256(onnx_path),
+                   precision=precision, class_chunk=int(metadata.get("class_chunk", config["class_chunk"])),
+                   **_interface(spec), profile=profile_shapes(spec), trtexec=trtexec)
+
+    def matches(self, spec: EngineSpec) -> list[str]:
+        """How this plan's interface or profile differs from ``spec`` (empty when it fits)."""
+        problems = []
+        if self.engine != spec.name:
+            problems.append(f"built for engine {self.engine!r}, not {spec.name!r}")
+        for kind, want in _interface(spec).items():
+            if getattr(self, kind) != want:
+                problems.append(f"{kind} {getattr(self, kind)} differ from the engine's {want}")
+        if self.profile != profile_shapes(spec):
+            problems.append(f"profile {self.profile} differs from the engine's {profile_shapes(spec)}")
+        return problems
+
+
+@dataclass
+class BuildRecord:
+    """``build_record.json``: the TensorRT and GPU a set of plans was built with, and one entry per plan."""
+
+    tensorrt_version: str
+    strongly_typed: bool
+    gpu_name: str
+    compute_capability: str
+    cuda_version: str | None
+    hardware_compat: str
+    builder_optimization_level: int | None
+    workspace_gb: float
+    config_name: str
+    config: dict[str, Any]
+    engines: dict[str, EngineBuild] = field(default_factory=dict)
+    schema: str = RECORD_SCHEMA
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "build record") -> BuildRecord:
+        """Parse and check a record: ValueError naming the missing, unknown or mistyped key."""
+        if not isinstance(data, dict) or data.get("schema") != RECORD_SCHEMA:
+            found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"{source}: schema must be {RECORD_SCHEMA!r}, got {found!r}")
+        engines = data.get("engines")
+        if not isinstance(engines, dict) or not engines:
+            raise ValueError(f"{source}: 'engines' must be a non-empty object")
+        record = _checked(cls, {**data, "engines": {}}, source)
+        for name, entry in engines.items():
+            build = _checked(EngineBuild, entry, f"{source}: engines.{name}")
+            if build.engine != name:
+                raise ValueError(f"{source}: engines.{name} records engine {build.engine!r}")
+            if build.precision not in PRECISIONS:
+                raise ValueError(f"{source}: engines.{name}.precision must be one of {PRECISIONS}")
+            record.engines[name] = build
+        if record.hardware_compat not in HARDWARE_COMPAT:
+            raise ValueError(f"{source}: hardware_compat must be one of {HARDWARE_COMPAT}")
+        return record
+
+    @classmethod
+    def load(cls, plan_dir: str | Path) -> BuildRecord:
+        """The record in ``plan_dir`` (FileNotFoundError naming it when absent)."""
+        path = Path(plan_dir) / BUILD_RECORD
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: build the plans with `sigrl build-engines`")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not JSON: {err}") from err
+        return cls.from_dict(data, str(path))
+
+    @property
+    def precision(self) -> str:
+        """The precision all plans share (ValueError if they differ)."""
+        found = {b.precision for b in self.engines.values()}
+        if len(found) != 1:
+            raise ValueError(f"the plans were built at different precisions {sorted(found)}")
+        return found.pop()
+
+
+_JSON_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "None": type(None)}
+
+
+def _checked(cls: type, data: Any, source: str) -> Any:
+    """``cls(**data)`` for a dataclass, after checking keys and the JSON types the annotations name."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{source} must be an object, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    missing = sorted(n for n, f in known.items() if n not in data and f.default is f.default_factory is MISSING)
+    if unknown or missing:
+        raise ValueError(f"{source}: missing keys {missing}, unknown keys {unknown}")
+    for name, value in data.items():
+        allowed = [_JSON_TYPES[t.strip().split("[")[0]] for t in str(known[name].type).split("|")]
+        if isinstance(value, bool) and bool not in allowed or not isinstance(value, tuple(allowed)):
+            raise ValueError(f"{source}: {name} must be {known[name].type}, got {type(value).__name__}")
+    return cls(**data)
+
+
+def import_tensorrt() -> ModuleType:
+    """``import tensorrt``, or TensorRTUnavailable naming what is missing."""
+    try:
+        import tensorrt
+    except ImportError as err:  # also raised when the wheel is present but libnvinfer is not
+        raise TensorRTUnavailable(f"the tensorrt Python package cannot be imported ({err})") from err
+    return tensorrt
+
+
+def _gpu() -> tuple[str, str, str | None]:
+    """Name and compute capability (``"8.6"``) of the current device, and the CUDA version torch was built with."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise TensorRTUnavailable("no CUDA GPU is visible (torch.cuda.is_available() is False)")
+    major, minor = torch.cuda.get_device_capability()
+    return torch.cuda.get_device_name(), f"{major}.{minor}", torch.version.cuda
+
+
+def _parse(trt: ModuleType, parser: Any, onnx_path: Path) -> None:
+    """Parse ``onnx_path``; OnnxParseError listing each parser error with its node name and operator."""
+    if parser.parse_from_file(str(onnx_path)):
+        return
+    errors = [parser.get_error(i) for i in range(parser.num_errors)]
+    lines = [f"node {e.node()} '{e.node_name()}' ({e.node_operator()}): {e.code()}: {e.desc()}" for e in errors]
+    raise OnnxParseError(f"TensorRT {trt.__version__} cannot parse {onnx_path}:\n  " + "\n  ".join(lines))
+
+
+def _build_plan(trt: ModuleType, features: TensorRTFeatures, spec: EngineSpec, onnx_path: Path,
+                options: BuildOptions, timing_cache: bytes) -> tuple[bytes, bytes]:
+    """Build one serialized plan; returns it with the (updated) serialized timing cache."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if features.weak_typing else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    _parse(trt, parser, onnx_path)
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_bytes)
+    if features.tf32_flag:
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if options.hardware_compat != "none":
+        level = getattr(trt.HardwareCompatibilityLevel, _HARDWARE_COMPAT_ENUM[options.hardware_compat])
+        config.hardware_compatibility_level = level
+    if options.builder_optimization_level is not None:
+        config.builder_optimization_level = options.builder_optimization_level
+    if not config.set_timing_cache(config.create_timing_cache(timing_cache), ignore_mismatch=False):
+        raise ValueError(f"the timing cache {options.timing_cache} comes from another GPU or TensorRT version: "
+                         "delete it or pass another --timing-cache")
+    profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in spec.profile().items():
+        profile.set_shape(name, low, opt, high)
+    config.add_optimization_profile(profile)
+
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise RuntimeError(f"TensorRT {trt.__version__} failed to build {onnx_path.name}; see its log above")
+    return bytes(plan), bytes(config.get_timing_cache().serialize())
+
+
+def plan_commands(engines: Path, out: Path, features: TensorRTFeatures = TENSORRT_10,
+                  options: BuildOptions = BuildOptions()) -> dict[str, str]:
+    """Per engine, the trtexec command that builds its plan into ``out``."""
+    specs = engine_specs(engine_config(engines))
+    return {s.name: trtexec_command(s, engines / s.file_name, out / f"{s.name}{PLAN_SUFFIX}", features, options)
+            for s in specs}
+
+
+def load_plans(engines: str | Path, plan_dir: str | Path) -> BuildRecord:
+    """The build record of the plans in ``plan_dir``, checked against the engines in ``engines``.
+
+    FileNotFoundError naming what is missing and how to build it; ValueError when a plan was built for
+    another interface or profile, at another precision than the engine's metadata, or from other ONNX
+    files (SHA-256): a plan is never served with engines it was not built from.
+    """
+    engines, plan_dir = Path(engines), Path(plan_dir)
+    specs = engine_specs(engine_config(engines))
+    needed = [p for p in [*(plan_dir / f"{s.name}{PLAN_SUFFIX}" for s in specs), plan_dir / BUILD_RECORD]
+              if not p.is_file()]
+    if needed:
+        commands = "\n".join(plan_commands(engines, plan_dir).values())
+        raise FileNotFoundError(f"the tensorrt runtime needs {', '.join(map(str, needed))}; build them on the "
+                                f"serving GPU with `sigrl build-engines --engines {engines} --out {plan_dir}`, "
+                                f"or with:\n{commands}")
+    record = BuildRecord.load(plan_dir)
+    for spec in specs:
+        build, onnx_path = record.engines.get(spec.name), engines / spec.file_name
+        precision = read_metadata(onnx_path).get("precision", "fp32")
+        problems = build.matches(spec) if build else ["has no entry for this engine"]
+        if build and build.precision != precision:
+            problems.append(f"was built at {build.precision}, but {onnx_path} is {precision}")
+        elif build and build.onnx_sha256 != file_sha256(onnx_path):
+            problems.append(f"was built from another {spec.file_name} (SHA-256 {build.onnx_sha256[:12]}...)")
+        if problems:
+            raise ValueError(f"{plan_dir / BUILD_RECORD}: {spec.name} " + "; ".join(problems))
+    return record
+
+
+def describe_build(engines: Path, out: Path, features: TensorRTFeatures, options: BuildOptions,
+                   gpu: tuple[str, str, str | None]) -> BuildRecord:
+    """The record of building the plans of ``engines`` into ``out`` on ``gpu`` (name, compute capability,
+    CUDA version), before the build: everything but the seconds and sizes, which the build fills in."""
+    config = engine_config(engines)
+    specs = engine_specs(config)
+    record = BuildRecord(tensorrt_version=features.version, strongly_typed=True, gpu_name=gpu[0],
+                         compute_capability=gpu[1], cuda_version=gpu[2], hardware_compat=options.hardware_compat,
+                         builder_optimization_level=options.builder_optimization_level,
+                         workspace_gb=options.workspace_gb,
+                         config_name=read_metadata(engines / specs[0].file_name).get("config_name", ""),
+                         config=config.to_dict())
+    for spec in specs:
+        plan_name = f"{spec.name}{PLAN_SUFFIX}"
+        command = trtexec_command(spec, engines / spec.file_name, out / plan_name, features, options)
+        record.engines[spec.name] = EngineBuild.describe(spec, engines / spec.file_name, plan_name, command)
+    return record
+
+
+def build_plans(engines: str | Path, out: str | Path, options: BuildOptions = BuildOptions()) -> BuildRecord:
+    """Build ``text_gmc.plan`` and ``image_svfr.plan`` from the engines in ``engines`` into ``out``.
+
+    Raises TensorRTUnavailable (TensorRT or GPU missing), OnnxParseError, or RuntimeError when the
+    builder fails; in every case the plans and record already in ``out`` stay as they were.
+    """
+    engines, out = Path(engines), Path(out)
+    options.check()
+    specs = engine_specs(engine_config(engines))
+    if "int8" in engine_precisions(engines).values():
+        raise ValueError(f"{engines} holds int8 engines (ONNX Runtime dynamic quantization, which TensorRT does not "
+                         "import): build plans from an fp32, fp16 or bf16 export")
+    trt = import_tensorrt()
+    features = TensorRTFeatures.detect(trt)
+    if options.hardware_compat != "none" and not features.hardware_compat:
+        raise ValueError(f"TensorRT {features.version} has no hardware compatibility levels (--hardware-compat)")
+    record = describe_build(engines, out, features, options, _gpu())
+    cache_path = options.timing_cache
+    timing_cache = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""
+
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".build-engines-", dir=out))
+    try:
+        for spec in specs:
+            build = record.engines[spec.name]
+            start = time.perf_counter()
+            plan, timing_cache = _build_plan(trt, features, spec, engines / spec.file_name, options, timing_cache)
+            build.build_seconds, build.plan_bytes = round(time.perf_counter() - start, 3), len(plan)
+            (staging / build.plan).write_bytes(plan)
+        (staging / BUILD_RECORD).write_text(record.to_json())
+        for name in [*(b.plan for b in record.engines.values()), BUILD_RECORD]:
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if cache_path is not None:
+        _write_atomically(cache_path, timing_cache)
+    return record
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

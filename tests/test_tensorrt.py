@@ -1,0 +1,357 @@
+"""The TensorRT layer: profiles, trtexec commands, build records, Triton configs for plans, and the runtime.
+
+TensorRT cannot be installed on the CPU machines this suite runs on, so everything that does not need it
+runs on trivial ONNX graphs that carry the real ``sigrl`` metadata (the record, the commands and the
+Triton configs read only metadata and files). The build and the runtime themselves are exercised by
+``test_plans_match_pytorch_at_their_precision``, which skips with the missing piece where TensorRT or a
+GPU is absent, and by ``benchmarks/gpu_tensorrt_check.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import pytest
+
+import sigrl
+from sigrl.cli import main
+from sigrl.deploy.engines import engine_specs
+from sigrl.deploy.onnx_export import engine_metadata, file_sha256
+from sigrl.deploy.runtimes import TensorRTRuntime
+from sigrl.deploy.tensorrt import (
+    BUILD_RECORD,
+    TENSORRT_10,
+    TENSORRT_11,
+    BuildOptions,
+    BuildRecord,
+    TensorRTFeatures,
+    describe_build,
+    profile_shapes,
+    trtexec_command,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+GPU = ("NVIDIA H100 80GB HBM3", "9.0", "12.4")
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> sigrl.SigRL:
+    return sigrl.create_model("tiny")
+
+
+def write_engines(model: sigrl.SigRL, out: Path, **extra_metadata: str) -> Path:
+    """Stand-in engines: a one-node graph per engine with the metadata ``sigrl export`` writes (plus
+    ``extra_metadata`` as further ``sigrl.*`` keys, e.g. the precision of a reduced-precision export)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for spec in engine_specs(model.config):
+        value = onnx.helper.make_tensor_value_info("v", onnx.TensorProto.FLOAT, [1])
+        graph = onnx.helper.make_graph([onnx.helper.make_node("Neg", ["v"], ["w"])], spec.name, [value],
+                                       [onnx.helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [1])])
+        proto = onnx.helper.make_model(graph)
+        metadata = engine_metadata(model, spec, None) | {f"sigrl.{k}": v for k, v in extra_metadata.items()}
+        onnx.helper.set_model_props(proto, metadata)
+        onnx.save(proto, out / spec.file_name)
+    return out
+
+
+def write_plans(engines: Path, out: Path, gpu: tuple[str, str, str | None] = GPU) -> BuildRecord:
+    """Placeholder plan files with the build record ``sigrl build-engines`` would write for ``engines``
+    (nothing here deserializes them: Triton configs and checks read only the record and file names)."""
+    record = describe_build(engines, out, TENSORRT_10, BuildOptions(), gpu)
+    out.mkdir(parents=True, exist_ok=True)
+    for build in record.engines.values():
+        (out / build.plan).write_bytes(f"placeholder plan {build.engine} sm{gpu[1]}".encode())
+    (out / BUILD_RECORD).write_text(record.to_json())
+    return record
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_model, tmp_path_factory) -> Path:
+    return write_engines(tiny_model, tmp_path_factory.mktemp("engines"))
+
+
+# ------------------------------------------------------------------------------ profiles and commands
+
+
+def test_profiles_come_from_the_engine_specs(tiny_model):
+    text, image = engine_specs(tiny_model.config)
+    assert profile_shapes(text) == {"token_ids": {"min": [1, 2], "opt": [81, 16], "max": [1024, 77]}}
+    assert profile_shapes(image) == {
+        "images": {"min": [1, 3, 64, 64], "opt": [8, 3, 64, 64], "max": [32, 3, 64, 64]},
+        "label_emb": {"min": [1, 64], "opt": [81, 64], "max": [1024, 64]},
+        "graph_emb": {"min": [1, 64], "opt": [81, 64], "max": [1024, 64]},
+    }
+
+
+def test_trtexec_commands_for_tensorrt_10_and_11(tiny_model):
+    text, _ = engine_specs(tiny_model.config)
+    shapes = "--minShapes=token_ids:1x2 --optShapes=token_ids:81x16 --maxShapes=token_ids:1024x77"
+    start = f"trtexec --onnx=e/text_gmc.onnx --saveEngine=p/text_gmc.plan {shapes}"
+    args = (text, Path("e/text_gmc.onnx"), Path("p/text_gmc.plan"))
+    assert trtexec_command(*args, TENSORRT_10) == (
+        f"{start} --stronglyTyped --noTF32 --memPoolSize=workspace:4096M --skipInference")
+    assert trtexec_command(*args, TENSORRT_11) == f"{start} --noTF32 --memPoolSize=workspace:4096M --skipInference"
+
+    options = BuildOptions(workspace_gb=1.5, timing_cache=Path("t.cache"), hardware_compat="ampere+",
+                           builder_optimization_level=5)
+    assert trtexec_command(*args, TENSORRT_11, options) == (
+        f"{start} --noTF32 --memPoolSize=workspace:1536M --timingCacheFile=t.cache "
+        "--hardwareCompatibilityLevel=ampere+ --builderOptimizationLevel=5 --skipInference")
+    removed_in_11 = {"--fp16", "--bf16", "--int8", "--fp8", "--best", "--stronglyTyped", "--precisionConstraints"}
+    assert not removed_in_11 & set(trtexec_command(*args, TENSORRT_11, options).split())
+
+
+def test_feature_detection_reads_the_documented_enum_members():
+    """``detect`` looks only at which members exist. The namespaces list the members TensorRT's Python API
+    reference documents for 10.x and 11.x (BuilderFlag.FP16/BF16/INT8 removed in 11); no TensorRT is run."""
+    def module(version, flags):
+        return SimpleNamespace(__version__=version, BuilderFlag=SimpleNamespace(**dict.fromkeys(flags)),
+                               HardwareCompatibilityLevel=SimpleNamespace(NONE=0, AMPERE_PLUS=1))
+
+    ten = TensorRTFeatures.detect(module("10.13.0", ["FP16", "BF16", "INT8", "TF32", "REFIT"]))
+    eleven = TensorRTFeatures.detect(module("11.4.0", ["TF32", "REFIT"]))
+    assert (ten.weak_typing, ten.tf32_flag, ten.hardware_compat) == (True, True, True)
+    assert (eleven.weak_typing, eleven.tf32_flag, eleven.version) == (False, True, "11.4.0")
+
+
+@pytest.mark.parametrize("options, flag", [
+    (BuildOptions(workspace_gb=0), "--workspace-gb"), (BuildOptions(hardware_compat="hopper+"), "--hardware-compat"),
+    (BuildOptions(builder_optimization_level=6), "--builder-optimization-level")])
+def test_build_options_name_the_bad_flag(options, flag):
+    with pytest.raises(ValueError, match=flag):
+        options.check()
+
+
+# ------------------------------------------------------------------------------ build record
+
+
+def test_build_record_describes_the_plans_and_round_trips(tiny_model, engines, tmp_path):
+    options = BuildOptions(hardware_compat="ampere+", builder_optimization_level=4)
+    record = describe_build(engines, tmp_path / "plans", TENSORRT_11, options, GPU)
+    data = json.loads(record.to_json())
+    assert data["schema"] == "sigrl.tensorrt-build/1"
+    assert {k: data[k] for k in ("gpu_name", "compute_capability", "cuda_version", "hardware_compat",
+                                 "builder_optimization_level", "config_name", "strongly_typed")} == {
+        "gpu_name": GPU[0], "compute_capability": "9.0", "cuda_version": "12.4", "hardware_compat": "ampere+",
+        "builder_optimization_level": 4, "config_name": "tiny", "strongly_typed": True}
+    assert sorted(data["engines"]) == ["image_svfr", "text_gmc"]
+    text = data["engines"]["text_gmc"]
+    assert text["plan"] == "text_gmc.plan" and text["onnx_sha256"] == file_sha256(engines / "text_gmc.onnx")
+    assert (text["precision"], text["class_chunk"]) == ("fp32", 32)  # no sigrl.precision: an fp32 export
+    assert text["inputs"] == {"token_ids": {"dtype": "int32", "shape": ["C", "L"]}}
+    assert text["profile"] == profile_shapes(engine_specs(tiny_model.config)[0])
+    assert text["trtexec"].startswith(f"trtexec --onnx={engines / 'text_gmc.onnx'} ")
+    assert "--stronglyTyped" not in text["trtexec"] and "--hardwareCompatibilityLevel=ampere+" in text["trtexec"]
+    assert BuildRecord.from_dict(data) == record
+
+
+def test_build_record_reads_precision_and_class_chunk_from_the_metadata(tiny_model, tmp_path):
+    engines = write_engines(tiny_model, tmp_path / "engines", precision="fp16", class_chunk="8")
+    record = describe_build(engines, tmp_path / "plans", TENSORRT_10, BuildOptions(), GPU)
+    assert {(b.precision, b.class_chunk) for b in record.engines.values()} == {("fp16", 8)}
+    assert record.precision == "fp16"
+    with pytest.raises(ValueError, match="precision 'fp12'"):
+        describe_build(write_engines(tiny_model, tmp_path / "bad", precision="fp12"), tmp_path, TENSORRT_10,
+                       BuildOptions(), GPU)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.pop("gpu_name"), r"missing keys \['gpu_name'\]"),
+    (lambda d: d.update(extra=1), r"unknown keys \['extra'\]"),
+    (lambda d: d.update(schema="other/2"), "schema must be 'sigrl.tensorrt-build/1'"),
+    (lambda d: d.update(strongly_typed="yes"), "strongly_typed must be bool"),
+    (lambda d: d["engines"]["text_gmc"].update(class_chunk=True), "engines.text_gmc: class_chunk must be int"),
+    (lambda d: d["engines"]["text_gmc"].update(precision="fp64"), "engines.text_gmc.precision must be one of"),
+    (lambda d: d["engines"]["text_gmc"].pop("onnx_sha256"), r"engines.text_gmc: missing keys \['onnx_sha256'\]"),
+    (lambda d: d.update(engines={}), "'engines' must be a non-empty object"),
+])
+def test_build_record_schema_rejects_bad_records(engines, tmp_path, change, message):
+    data = json.loads(describe_build(engines, tmp_path, TENSORRT_10, BuildOptions(), GPU).to_json())
+    change(data)
+    with pytest.raises(ValueError, match=message):
+        BuildRecord.from_dict(data)
+
+
+# ------------------------------------------------------------------------------ the command without TensorRT
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here, so its absence cannot be shown")
+def test_build_engines_without_tensorrt_fails_in_one_line_with_the_trtexec_commands(engines, tmp_path):
+    out = tmp_path / "plans"
+    out.mkdir()
+    (out / "text_gmc.plan").write_bytes(b"an earlier plan")
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "export" / "build_engines.py"), "--engines", str(engines),
+                             "--out", str(out), "--workspace-gb", "2"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("sigrl build-engines: error: the tensorrt Python package cannot be imported")
+    for name in ("text_gmc", "image_svfr"):
+        assert f"trtexec --onnx={engines / (name + '.onnx')} --saveEngine={out / (name + '.plan')} " in lines[0]
+    assert "--memPoolSize=workspace:2048M" in lines[0]
+    assert sorted(p.name for p in out.iterdir()) == ["text_gmc.plan"]
+    assert (out / "text_gmc.plan").read_bytes() == b"an earlier plan"
+
+
+def test_build_engines_names_missing_engines_and_bad_flags(tmp_path, capsys):
+    assert main(["build-engines", "--engines", str(tmp_path), "--out", str(tmp_path / "p")]) == 2
+    assert capsys.readouterr().err.strip() == (f"sigrl build-engines: error: {tmp_path} lacks text_gmc.onnx, "
+                                               "image_svfr.onnx: create them with `sigrl export`")
+    with pytest.raises(SystemExit) as raised:
+        main(["build-engines", "--engines", str(tmp_path), "--out", str(tmp_path), "--hardware-compat", "hopper+"])
+    assert raised.value.code == 2 and "--hardware-compat" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ Triton configs for plans
+
+
+def _config(repo: Path, name: str):
+    from sigrl.serving.repository import parse_model_config
+
+    return parse_model_config((repo / name / "config.pbtxt").read_text())
+
+
+def test_triton_configs_for_plans_match_the_build_record(engines, tmp_path):
+    pytest.importorskip("tritonclient.grpc", reason="parsing Triton configs needs tritonclient (.[serve])")
+    from sigrl.serving.repository import build_repository
+
+    record = write_plans(engines, tmp_path / "plans")
+    repo = build_repository(engines, "tensorrt", tmp_path / "repo", plans=[tmp_path / "plans"])
+    for name, build in record.engines.items():
+        config = _config(repo, name)
+        assert config.platform == "tensorrt_plan" and not config.cc_model_filenames
+        assert [i.name for i in config.input] == list(build.inputs)
+        assert [o.name for o in config.output] == list(build.outputs)
+        assert [list(i.dims) for i in config.input] == [[-1 if isinstance(d, str) else d for d in t["shape"]]
+                                                         for t in build.inputs.values()]
+        warmup = config.model_warmup[0].inputs
+        assert {n: list(warmup[n].dims) for n in warmup} == {n: p["min"] for n, p in build.profile.items()}
+        assert sorted(p.name for p in (repo / name / "1").iterdir()) == ["model.plan"]
+        assert (repo / name / "1" / "model.plan").read_bytes() == (tmp_path / "plans" / build.plan).read_bytes()
+
+
+def test_plans_for_several_compute_capabilities_use_cc_model_filenames(engines, tmp_path):
+    pytest.importorskip("tritonclient.grpc", reason="parsing Triton configs needs tritonclient (.[serve])")
+    from sigrl.serving.repository import build_repository
+
+    write_plans(engines, tmp_path / "a100", ("NVIDIA A100-SXM4-80GB", "8.0", "12.4"))
+    write_plans(engines, tmp_path / "l4", ("NVIDIA L4", "8.9", "12.4"))
+    repo = build_repository(engines, "tensorrt", tmp_path / "repo", plans=[tmp_path / "a100", tmp_path / "l4"])
+    for name in ("text_gmc", "image_svfr"):
+        assert dict(_config(repo, name).cc_model_filenames) == {"8.0": "model_sm80.plan", "8.9": "model_sm89.plan"}
+        assert sorted(p.name for p in (repo / name / "1").iterdir()) == ["model_sm80.plan", "model_sm89.plan"]
+        assert (repo / name / "1" / "model_sm89.plan").read_bytes() == f"placeholder plan {name} sm8.9".encode()
+
+    write_plans(engines, tmp_path / "other-l4", ("NVIDIA L4", "8.9", "12.4"))
+    with pytest.raises(ValueError, match="both hold plans for compute capability 8.9"):
+        build_repository(engines, "tensorrt", tmp_path / "repo2", plans=[tmp_path / "l4", tmp_path / "other-l4"])
+
+
+def test_plans_of_another_precision_or_engine_are_refused(tiny_model, engines, tmp_path):
+    pytest.importorskip("tritonclient.grpc", reason="parsing Triton configs needs tritonclient (.[serve])")
+    from sigrl.serving.repository import build_repository
+
+    fp16 = write_engines(tiny_model, tmp_path / "fp16-engines", precision="fp16")
+    write_plans(fp16, tmp_path / "fp16-plans")
+    with pytest.raises(ValueError, match=r"text_gmc was built at fp16, but .*text_gmc.onnx is fp32"):
+        build_repository(engines, "tensorrt", tmp_path / "repo", plans=[tmp_path / "fp16-plans"])
+
+    other = write_engines(tiny_model, tmp_path / "other-engines", checkpoint_note="retrained")
+    write_plans(other, tmp_path / "other-plans")
+    with pytest.raises(ValueError, match=r"text_gmc was built from another text_gmc.onnx"):
+        build_repository(engines, "tensorrt", tmp_path / "repo", plans=[tmp_path / "other-plans"])
+
+    record = json.loads((tmp_path / "fp16-plans" / BUILD_RECORD).read_text())
+    record["engines"]["image_svfr"]["profile"]["images"]["max"] = [64, 3, 64, 64]
+    (tmp_path / "fp16-plans" / BUILD_RECORD).write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="image_svfr profile .* differs from the engine's"):
+        build_repository(fp16, "tensorrt", tmp_path / "repo", plans=[tmp_path / "fp16-plans"])
+    assert not (tmp_path / "repo").exists()
+
+
+def test_missing_plans_name_the_build_commands(engines, tmp_path):
+    pytest.importorskip("tritonclient.grpc", reason="parsing Triton configs needs tritonclient (.[serve])")
+    from sigrl.serving.repository import build_repository
+
+    with pytest.raises(FileNotFoundError) as raised:
+        build_repository(engines, "tensorrt", tmp_path / "repo", plans=[tmp_path / "none"])
+    message = str(raised.value)
+    assert str(tmp_path / "none" / BUILD_RECORD) in message
+    assert f"sigrl build-engines --engines {engines} --out {tmp_path / 'none'}" in message
+    plan = tmp_path / "none" / "image_svfr.plan"
+    assert f"trtexec --onnx={engines / 'image_svfr.onnx'} --saveEngine={plan}" in message
+
+
+def test_onnxruntime_tensorrt_accelerator_config(engines, tmp_path):
+    pytest.importorskip("tritonclient.grpc", reason="parsing Triton configs needs tritonclient (.[serve])")
+    from sigrl.serving.repository import build_repository
+
+    repo = build_repository(engines, "onnxruntime", tmp_path / "repo", ort_tensorrt="FP16",
+                            ort_tensorrt_cache="/models/trt-cache")
+    for name in ("text_gmc", "image_svfr"):
+        config = _config(repo, name)
+        (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+        assert accelerator.name == "tensorrt"
+        assert dict(accelerator.parameters) == {"precision_mode": "FP16", "trt_engine_cache_enable": "1",
+                                                "trt_engine_cache_path": "/models/trt-cache"}
+    plain = build_repository(engines, "onnxruntime", tmp_path / "plain")
+    assert not _config(plain, "text_gmc").HasField("optimization")
+
+    for runtime, kwargs, flag in [("tensorrt", {"ort_tensorrt": "FP16"}, "--ort-tensorrt"),
+                                  ("python", {"plans": [tmp_path]}, "--plans"),
+                                  ("onnxruntime", {"ort_tensorrt_cache": "/c"}, "--ort-tensorrt-cache"),
+                                  ("onnxruntime", {"ort_tensorrt": "FP8"}, "precision_mode")]:
+        with pytest.raises(ValueError, match=flag):
+            build_repository(engines, runtime, tmp_path / "bad", **kwargs)
+    assert not (tmp_path / "bad").exists()
+
+
+# ------------------------------------------------------------------------------ the runtime
+
+
+def test_tensorrt_runtime_imports_without_tensorrt_and_names_what_it_needs(engines, tmp_path):
+    with pytest.raises(FileNotFoundError, match="build_record.json not found: build the plans with"):
+        TensorRTRuntime(tmp_path)
+    write_plans(engines, tmp_path / "plans")
+    with pytest.raises(RuntimeError, match="TensorRT plans run on a CUDA device; got device='cpu'"):
+        TensorRTRuntime(tmp_path / "plans", device="cpu")
+
+
+def _gpu_tensorrt_missing() -> str | None:
+    import torch
+
+    if not HAS_TENSORRT:
+        return "needs the tensorrt Python package with libnvinfer (not installed)"
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU (torch.cuda.is_available() is False)"
+    return None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_gpu_tensorrt_missing() is not None, reason=str(_gpu_tensorrt_missing()))
+def test_plans_match_pytorch_at_their_precision(tiny_engines):
+    """Build the trained tiny engines into plans and compare them with PyTorch (real TensorRT, real GPU)."""
+    from sigrl.checkpoint import load_checkpoint
+    from sigrl.deploy.parity import compare_runtimes, parity_inputs
+    from sigrl.deploy.runtimes import TorchRuntime
+    from sigrl.deploy.tensorrt import build_plans
+
+    checkpoint, engine_dir = tiny_engines
+    plan_dir = engine_dir.parent / "tiny-plans"
+    record = build_plans(engine_dir, plan_dir)
+    assert set(record.engines) == {"text_gmc", "image_svfr"} and all(b.plan_bytes for b in record.engines.values())
+    model = load_checkpoint(checkpoint)
+    runtime = TensorRTRuntime(plan_dir)
+    vocabularies, images = parity_inputs(model.vocabulary or [], model.prompt_template, 64, [1, 12], [1, 8])
+    rows = compare_runtimes(TorchRuntime(model, "cuda"), runtime, vocabularies, images, precision=runtime.precision)
+    assert all(r.passed for r in rows), [r.to_dict() for r in rows if not r.passed]
+    with pytest.raises(ValueError, match="outside the engine's range"):
+        runtime.score_images(np.repeat(images[0], 33, axis=0), *runtime.encode_labels(vocabularies[0]))
