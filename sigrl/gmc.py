@@ -37,9 +37,12 @@ class DenseGATv2(nn.Module):
     def attend(self, targets: torch.Tensor, wh: torch.Tensor) -> torch.Tensor:
         """Features of a chunk of target nodes (c×H×F) aggregated over all C source nodes ``wh``."""
         pair = F.leaky_relu(targets[:, None] + wh[None], self.negative_slope)  # c×C×H×F
-        # softmax and the sum over source nodes in fp32 at any precision (casts are no-ops in fp32)
-        alpha = self.attn_drop(torch.einsum("ijhf,hf->ijh", pair, self.att).float().softmax(dim=1))
-        return torch.einsum("ijh,jhf->ihf", alpha, wh.float()).to(wh.dtype)
+        # matmuls rather than einsum (ONNX has no bf16 Einsum); the softmax and the sum over source nodes
+        # run in fp32 at any precision (the casts are no-ops in fp32)
+        scores = (pair[..., None, :] @ self.att[:, :, None])[..., 0, 0]  # aᵀ pair per head: c×C×H
+        alpha = self.attn_drop(scores.float().softmax(dim=1))
+        out = alpha.permute(2, 0, 1) @ wh.float().transpose(0, 1)  # Σ_j α_ijh wh_jhf: H×c×F
+        return out.transpose(0, 1).to(wh.dtype)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """h: C×in_dim node features → C×(heads·head_dim)."""

@@ -51,7 +51,7 @@ class SemanticReconstruction(nn.Module):
         division by batch-wide norms is left out: it couples batch-mates.
         """
         sda = sda.to(label_emb.dtype)  # the softmax islands hand fp32 back; the products run in the model's dtype
-        corr = F.normalize(torch.einsum("bcd,ce->bde", sda, label_emb).relu().float(), dim=-1).to(sda.dtype)
+        corr = F.normalize((sda.transpose(1, 2) @ label_emb).relu().float(), dim=-1).to(sda.dtype)  # B×D×D
         decoupled = torch.bmm(sda, corr)
         return self.fuse(torch.cat([decoupled, graph_emb.expand_as(decoupled)], dim=-1))
 
@@ -68,7 +68,7 @@ class SemanticReconstruction(nn.Module):
 
     def score(self, global_feat: torch.Tensor, reconstructed: torch.Tensor, label_emb: torch.Tensor) -> torch.Tensor:
         """Eq. 13: ½ (s_loc/‖s_loc‖ + s_glob/‖s_glob‖), norms across the C classes of each image; fp32 out."""
-        local = torch.einsum("bpd,cd->bpc", reconstructed.to(label_emb.dtype), label_emb).float()
+        local = (reconstructed.to(label_emb.dtype) @ label_emb.t()).float()  # B×P×C
         k = min(self.top_k, local.shape[1])
         local = local.topk(k, dim=1).values.mean(dim=1)
         glob = (global_feat @ label_emb.t()).float()

@@ -220,3 +220,12 @@ def test_eval_through_engines_matches_the_checkpoint(precision_engines, tmp_path
     assert abs(reports["fp32"] - reports["torch"]) <= 0.05
     assert abs(reports["fp16"] - reports["torch"]) <= 0.3
     assert abs(reports["int8"] - reports["torch"]) <= 0.5
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_low_precision_graphs_pass_the_tensorrt_readiness_check(precision_engines, precision):
+    from sigrl.deploy.tensorrt_check import tensorrt_problems
+
+    _, folders = precision_engines
+    for name in ("text_gmc", "image_svfr"):
+        assert tensorrt_problems(onnx.load(str(folders[precision] / f"{name}.onnx"))) == []

@@ -46,7 +46,7 @@ def _gat_layer(layer: DenseGATv2, h: torch.Tensor) -> torch.Tensor:
     def step(carry: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return carry.clone(), layer.attend(targets, wh)
 
-    _, out = scan(step, wh.new_zeros(()), _chunked(wh, layer.node_chunk))
+    _, out = scan(step, wh.new_zeros((), dtype=torch.float32), _chunked(wh, layer.node_chunk))  # fp32: opset 18 has no bf16 ConstantOfShape
     return _unchunked(out, num_nodes).reshape(num_nodes, layer.heads * layer.head_dim)
 
 
@@ -97,10 +97,10 @@ class ImageSVFRGraph(nn.Module):
             sda = (weights * patches[:, None]).sum(dim=2) / total  # S = Σ_p α V: B×k×D
             return carry.clone(), sda.transpose(0, 1)
 
-        _, sda = scan(sda_step, patches.new_zeros(()), _chunked(label_emb, chunk))  # n×k×B×D
+        _, sda = scan(sda_step, patches.new_zeros((), dtype=torch.float32), _chunked(label_emb, chunk))  # n×k×B×D
         fused = svfr.fuse_classes(_unchunked(sda, num_classes).transpose(0, 1), label_emb, graph_emb)
 
-        real = _chunked(torch.ones_like(label_emb[:, 0]), chunk)  # n×k: 1 for real classes, 0 for padding
+        real = _chunked(torch.ones_like(label_emb[:, 0], dtype=torch.float32), chunk)  # n×k: 1 for real classes, 0 for padding
 
         def vfr_step(gate: torch.Tensor, xs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
             fused_chunk, mask = xs  # k×B×D, k

@@ -32,6 +32,12 @@ from sigrl.model import SigRL
 from sigrl.precision import FLOAT_DTYPES, cast_model, check_precision
 
 OPSET = 18
+BF16_OPSET = 22  # opset 18 has no bf16 Conv or Elu; opset 22 gave most operators bf16 (TensorRT 10.x reads 9-24)
+
+
+def opset_for(precision: str) -> int:
+    """The ONNX opset an engine of ``precision`` is exported at."""
+    return BF16_OPSET if precision == "bf16" else OPSET
 METADATA_PREFIX = "sigrl."
 
 
@@ -60,7 +66,7 @@ def engine_metadata(model: SigRL, spec: EngineSpec, checkpoint_sha256: str | Non
         "engine": spec.name, "config_name": model.config_name or "", "config": json.dumps(config.to_dict()),
         "prompt_template": model.prompt_template, "preprocess": json.dumps(preprocess),
         "vocabulary": json.dumps(model.vocabulary or []), "checkpoint_sha256": checkpoint_sha256 or "",
-        "opset": str(OPSET), "axis_ranges": json.dumps(spec.axis_ranges),
+        "opset": str(opset_for(precision)), "axis_ranges": json.dumps(spec.axis_ranges),
         "precision": precision, "export_precision": export_precision or precision,
         "tolerances": TOLERANCES[precision].to_json(),
         "class_chunk": str(config.class_chunk), "gmc_node_chunk": str(config.gmc_node_chunk),
@@ -94,7 +100,7 @@ def export_engine(module: nn.Module, spec: EngineSpec, example: tuple[torch.Tens
     with torch.no_grad():
         program = torch.onnx.export(
             module, example, input_names=spec.input_names, output_names=spec.output_names,
-            dynamic_shapes=spec.export_dynamic_shapes(), opset_version=OPSET, dynamo=True,
+            dynamic_shapes=spec.export_dynamic_shapes(), opset_version=opset_for(precision), dynamo=True,
             external_data=False, verbose=False)
     model = program.model_proto
     if precision == "int8":
