@@ -428,7 +428,7 @@ def test_tag_command_prints_scores_per_image(server, vocabulary, tmp_path, capsy
 def test_served_engines_pass_the_parity_check_against_in_process_onnxruntime(server, ort_runtime, vocabulary,
                                                                             metadata):
     from sigrl.deploy.parity import compare_runtimes, parity_inputs
-    from sigrl.serving.client import TritonRuntime
+    from sigrl.serving.triton_runtime import TritonRuntime
 
     vocabularies, images = parity_inputs(vocabulary, metadata["prompt_template"], 64, [1, 12, 100], [1, 4])
     rows = compare_runtimes(ort_runtime, TritonRuntime(server.grpc_url), vocabularies, images)

@@ -4,25 +4,35 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from sigrl.checkpoint import load_checkpoint
-from sigrl.factory import list_models
+from sigrl.cli.arguments import positive_int, writable_file, writable_folder
+from sigrl.errors import UsageError
+from sigrl.registry import list_models
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    json_path = writable_file("--json", args.json) if args.json else None
+    writable_folder("--out", args.out)
     from sigrl.deploy.onnx_export import export_checkpoint
 
     report = export_checkpoint(args.checkpoint, args.out, expect_config=args.config)
     for name, info in report.items():
         print(f"{info['path']}: {info['bytes'] / 2**20:.1f} MiB, exported in {info['seconds']:.1f} s")
+    if json_path is not None:
+        json_path.write_text(json.dumps({"checkpoint": str(args.checkpoint), "engines": report}, indent=2, default=str))
     return 0
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
+    from sigrl.checkpoint import load_checkpoint
     from sigrl.deploy.parity import compare_runtimes, format_rows, parity_inputs
-    from sigrl.deploy.runtimes import OnnxRuntime, TorchRuntime
+    from sigrl.deploy.runtimes import OnnxRuntime, TorchRuntime, ort_providers
 
+    json_path = writable_file("--json", args.json) if args.json else None
+    try:
+        ort_providers(args.device)
+    except RuntimeError as err:  # --device cuda without onnxruntime-gpu or without a GPU
+        raise UsageError(f"--device {args.device}: {err}") from err
     model = load_checkpoint(args.checkpoint)
     reference, candidate = TorchRuntime(model), OnnxRuntime(args.engines, device=args.device)
     vocabularies, images = parity_inputs(model.vocabulary or [], model.prompt_template,
@@ -30,8 +40,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
     rows = compare_runtimes(reference, candidate, vocabularies, images, precision="fp32")
     print(f"PyTorch eager ({reference.provider}) vs ONNX Runtime ({candidate.provider}), fp32 tolerances")
     print(format_rows(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps([r.to_dict() for r in rows], indent=2))
+    if json_path is not None:
+        json_path.write_text(json.dumps([r.to_dict() for r in rows], indent=2))
     failed = [r for r in rows if not r.passed]
     print(f"{len(rows) - len(failed)}/{len(rows)} comparisons within tolerance")
     return 1 if failed else 0
@@ -44,12 +54,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--checkpoint", required=True)
     export.add_argument("--out", required=True, help="folder for text_gmc.onnx and image_svfr.onnx")
     export.add_argument("--config", choices=list_models(), help="fail unless the checkpoint holds this config")
+    export.add_argument("--json", help="write what was exported (paths, sizes, seconds) as JSON here")
     export.set_defaults(func=cmd_export)
     parity = commands.add_parser("parity", help="compare exported ONNX engines with the PyTorch checkpoint")
     parity.add_argument("--checkpoint", required=True)
     parity.add_argument("--engines", required=True, help="folder written by `sigrl export`")
-    parity.add_argument("--classes", type=int, nargs="+", default=[1, 12, 300], help="vocabulary sizes")
-    parity.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="image batch sizes")
+    parity.add_argument("--classes", type=positive_int, nargs="+", default=[1, 12, 300], help="vocabulary sizes")
+    parity.add_argument("--batch", type=positive_int, nargs="+", default=[1, 8], help="image batch sizes")
     parity.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="ONNX Runtime device")
     parity.add_argument("--json", help="write the rows as JSON here")
     parity.set_defaults(func=cmd_parity)
