@@ -109,6 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from sigrl.checkpoint import load_checkpoint, read_checkpoint
     from sigrl.evaluation import evaluate_dataset, format_report
 
+    device = torch_device("--device", args.device) or ("cuda" if torch.cuda.is_available() else "cpu")
     json_path = writable_file("--json", args.json) if args.json else None
     stored = read_checkpoint(args.checkpoint).get("data", {})
     data = args.data or stored.get("name")
@@ -118,7 +119,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     root = args.data_root or (stored.get("root") if same_data else None)
     image_root = args.image_root or (stored.get("image_root") if same_data else None)
     _check_data_flags(data, root, image_root)
-    device = torch_device("--device", args.device) or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_checkpoint(args.checkpoint).to(device)
     if args.class_chunk:
         model.set_class_chunk(args.class_chunk)
