@@ -6,7 +6,6 @@ tested in test_serving_triton.py, next to its server.)"""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -90,7 +89,8 @@ def test_an_out_that_cannot_be_written_names_the_flag(capsys, tmp_path, not_a_ch
     argv = {"train": ["train", "--out", str(out), "--max-steps", "1"],
             "export": ["export", "--checkpoint", str(not_a_checkpoint), "--out", str(out)]}[command]
     line = one_line_error(capsys, argv)
-    assert line.startswith(f"sigrl {command}: error: --out {out}: cannot create the folder")
+    assert line.startswith(f"sigrl {command}: error: --out {out}: {blocked} is a file, not a folder")
+    assert not out.exists()
 
 
 def test_json_into_a_folder_names_the_flag(capsys, tmp_path, not_a_checkpoint):

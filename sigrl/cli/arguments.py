@@ -8,8 +8,10 @@ the flag. Nothing here imports torch until a check needs it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from sigrl.errors import UsageError
 
@@ -82,16 +84,13 @@ def torch_device(flag: str, value: str | None) -> str | None:
 
 
 def writable_folder(flag: str, path: str | Path) -> Path:
-    """``path`` given by ``flag`` as a folder sigrl can write into (created if missing)."""
+    """``path`` given by ``flag``, checked to be a folder sigrl can write into or create (nothing is created)."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{flag} {path} is a file, not a folder: pass a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"{flag} {path}: cannot create the folder ({err.strerror}); pass a writable folder") from err
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path}: the folder is not writable; pass a writable folder")
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {path}: {existing} is a file, not a folder; pass a folder sigrl can write into")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: {existing} is not writable; pass a folder sigrl can write into")
     return path
 
 
@@ -100,7 +99,13 @@ def writable_file(flag: str, path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{flag} {path} is a folder: pass a file name, e.g. {path / 'result.json'}")
-    writable_folder(flag, path.parent)
+    writable_folder(flag, path.parent)  # the folder is created when the file is written
     if path.exists() and not os.access(path, os.W_OK):
         raise UsageError(f"{flag} {path}: the file is not writable")
     return path
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write a ``--json`` result (checked by :func:`writable_file`), creating its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2, default=str))

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from sigrl.cli.arguments import positive_int, writable_file, writable_folder
+from sigrl.cli.arguments import positive_int, writable_file, writable_folder, write_json
 from sigrl.errors import UsageError
 from sigrl.registry import list_models
 
@@ -19,7 +18,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     for name, info in report.items():
         print(f"{info['path']}: {info['bytes'] / 2**20:.1f} MiB, exported in {info['seconds']:.1f} s")
     if json_path is not None:
-        json_path.write_text(json.dumps({"checkpoint": str(args.checkpoint), "engines": report}, indent=2, default=str))
+        write_json(json_path, {"checkpoint": str(args.checkpoint), "engines": report})
     return 0
 
 
@@ -41,7 +40,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
     print(f"PyTorch eager ({reference.provider}) vs ONNX Runtime ({candidate.provider}), fp32 tolerances")
     print(format_rows(rows))
     if json_path is not None:
-        json_path.write_text(json.dumps([r.to_dict() for r in rows], indent=2))
+        write_json(json_path, [r.to_dict() for r in rows])
     failed = [r for r in rows if not r.passed]
     print(f"{len(rows) - len(failed)}/{len(rows)} comparisons within tolerance")
     return 1 if failed else 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from sigrl.cli.arguments import (
     torch_device,
     writable_file,
     writable_folder,
+    write_json,
 )
 from sigrl.errors import UsageError
 from sigrl.registry import DATASET_NAMES, LOSSES, list_models
@@ -99,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"best validation mAP {result['best_val_mAP']:.2f} after {result['steps']} steps; "
           f"checkpoints in {config.out}/")
     if json_path is not None:
-        json_path.write_text(json.dumps({"out": config.out, **result, "config": asdict(config)}, indent=2))
+        write_json(json_path, {"out": config.out, **result, "config": asdict(config)})
     return 0
 
 
@@ -126,8 +126,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                               image_root=image_root)
     print(format_report(report))
     if json_path is not None:
-        json_path.write_text(json.dumps({"checkpoint": str(args.checkpoint), "data": data,
-                                         "split": args.split, "results": report}, indent=2))
+        write_json(json_path, {"checkpoint": str(args.checkpoint), "data": data, "split": args.split,
+                               "results": report})
         print(f"report written to {json_path}")
     return 0
 
