@@ -1,20 +1,47 @@
-"""SigRL: semantic-guided representation learning for multi-label image recognition."""
+"""SigRL: semantic-guided representation learning for multi-label image recognition.
 
+The public API is loaded on first use (PEP 562), so ``import sigrl`` and the torch-free parts
+(``sigrl.serving.client``, ``sigrl tag``) start without importing torch or open_clip.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
 from importlib.metadata import version as _version
+from typing import TYPE_CHECKING, Any
 
-from sigrl._compat import ensure_torchvision_importable
+from sigrl._compat import run_before_torchvision_import
 
 __version__ = _version("sigrl")
 
-ensure_torchvision_importable()  # before anything imports torchvision (timm, open_clip)
+run_before_torchvision_import()  # torchvision's operator shim, before timm/open_clip import it
 
-from sigrl import metrics  # noqa: E402
-from sigrl.checkpoint import load_checkpoint  # noqa: E402
-from sigrl.factory import create_model, get_model_config, list_models, load_clip_weights  # noqa: E402
-from sigrl.model import SigRL, SigRLConfig  # noqa: E402
-from sigrl.tokenizer import DEFAULT_TEMPLATE, tokenize  # noqa: E402
+if TYPE_CHECKING:  # what the lazy attributes below resolve to, for type checkers and IDEs
+    from sigrl import metrics
+    from sigrl.checkpoint import load_checkpoint
+    from sigrl.factory import create_model, create_model_and_transforms, get_model_config, load_clip_weights
+    from sigrl.model import SigRL, SigRLConfig
+    from sigrl.registry import list_models
+    from sigrl.tokenizer import DEFAULT_TEMPLATE, tokenize
 
-__all__ = [
-    "DEFAULT_TEMPLATE", "SigRL", "SigRLConfig", "create_model", "get_model_config", "list_models",
-    "__version__", "load_checkpoint", "load_clip_weights", "metrics", "tokenize",
-]
+_LAZY = {
+    "DEFAULT_TEMPLATE": "sigrl.tokenizer", "SigRL": "sigrl.model", "SigRLConfig": "sigrl.model",
+    "create_model": "sigrl.factory", "create_model_and_transforms": "sigrl.factory",
+    "get_model_config": "sigrl.factory", "list_models": "sigrl.registry", "load_checkpoint": "sigrl.checkpoint",
+    "load_clip_weights": "sigrl.factory", "metrics": "sigrl.metrics", "tokenize": "sigrl.tokenizer",
+}
+
+__all__ = ["__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'sigrl' has no attribute {name!r}")
+    module = import_module(_LAZY[name])
+    value = module if module.__name__ == f"sigrl.{name}" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -46,12 +46,15 @@ def model_payload(model: SigRL, vocabulary: list[str], **extra: Any) -> dict[str
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint dict, read safely; clear errors for a missing or foreign file."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a checkpoint file: pass e.g. {path / 'best.pt'}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - corrupt or non-torch files get one clear message
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+        # torch's own message advises weights_only=False, which would run code from the file: never repeat it
+        raise ValueError(f"cannot read checkpoint {path}: not a checkpoint written by sigrl, or damaged") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a sigrl checkpoint (expected format {FORMAT!r})")
     return payload

@@ -10,23 +10,18 @@ from pathlib import Path
 import open_clip
 import torch
 
+from sigrl.data.transforms import Transform, build_transform
 from sigrl.model import SigRL, SigRLConfig
+from sigrl.registry import CONFIG_PACKAGE, list_models
 
-_CONFIG_PACKAGE = "sigrl.model_configs"
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
-
-
-def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`."""
-    files = resources.files(_CONFIG_PACKAGE).iterdir()
-    return sorted(f.name.removesuffix(".json") for f in files if f.name.endswith(".json"))
 
 
 def get_model_config(name: str, **overrides) -> SigRLConfig:
     """The named configuration with ``overrides`` applied (unknown keys are an error)."""
     if name not in list_models():
         raise ValueError(f"unknown model config {name!r}; available: {', '.join(list_models())}")
-    values = json.loads(resources.files(_CONFIG_PACKAGE).joinpath(f"{name}.json").read_text())
+    values = json.loads(resources.files(CONFIG_PACKAGE).joinpath(f"{name}.json").read_text())
     unknown = set(overrides) - set(SigRLConfig.__dataclass_fields__)
     if unknown:
         raise ValueError(f"unknown config override(s) for {name!r}: {', '.join(sorted(unknown))}")
@@ -104,3 +99,19 @@ def create_model(name: str, pretrained: str | Path | None = None, **overrides) -
         load_clip_weights(model, pretrained)
     apply_freezing(model)
     return model.eval()
+
+
+def create_model_and_transforms(name: str, pretrained: str | Path | None = None,
+                                **overrides) -> tuple[SigRL, Transform, Transform]:
+    """open_clip's habit: the model of :func:`create_model` with its train and eval image transforms.
+
+    Both transforms take a PIL RGB image and return the normalised FloatTensor[3, S, S] the model
+    expects (S = the config's image size, mean/std from the config): the training one is the recipe's
+    augmentation (random resized crop, flip, RandAugment), the eval one resize + centre crop, the same
+    preprocessing evaluation and the served ``preprocess`` model use.
+    """
+    model = create_model(name, pretrained, **overrides)
+    config = model.config
+    size = config.vision_cfg["image_size"]
+    return (model, build_transform(size, True, config.image_mean, config.image_std),
+            build_transform(size, False, config.image_mean, config.image_std))

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sigrl.registry import SPML_KINDS
+
 __all__ = [
     "SPML_HYPERPARAMETERS",
     "PseudoNegativeLabeler",
@@ -30,7 +32,6 @@ SPML_HYPERPARAMETERS: dict[str, dict[str, float | int]] = {
     "nus-wide": dict(alpha=0.1, warm_up=4, beta=0.2),
 }
 
-SPML_KINDS = ("an", "iun", "em", "em_apl")
 LOG_EPSILON = 1e-5  # nl(x) = -log(x + 1e-5): keeps the log finite at p = 0 or 1
 _RANK_EPSILON = 1e-8  # guards the division by the number of violating pairs
 

@@ -17,7 +17,8 @@ import torch
 from open_clip.transformer import LayerNormFp32
 from torch import nn
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+from sigrl.registry import PRECISIONS
+
 FLOAT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 import sigrl
+import torchvision  # noqa: F401  (after sigrl: its import hook runs the shim first)
 from sigrl import _compat
 
 
@@ -29,3 +30,11 @@ def test_shim_is_needed_and_native_ops_stay_unavailable():
 
     with pytest.raises(Exception):  # schema only: the kernel is not there, so images go through PIL
         torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)
+
+
+def test_import_sigrl_leaves_torch_alone_and_torchvision_still_imports_after_it():
+    code = ("import sys, sigrl; assert 'torch' not in sys.modules, 'import sigrl loaded torch'; "
+            "import torchvision, timm, open_clip; print(sigrl.create_model.__module__)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "sigrl.factory"

@@ -425,10 +425,40 @@ def test_tag_command_prints_scores_per_image(server, vocabulary, tmp_path, capsy
     assert line.startswith(f"{paths[0]}: red (") and "circle" not in line and "blue" not in line
 
 
+def test_tag_folder_batches_to_the_server_limit_and_names_each_bad_file(server, vocabulary, tmp_path, capsys):
+    """33 images (one more than the entry model's max_batch_size), a corrupt one and an empty one among them."""
+    from sigrl.cli import main
+    from sigrl.serving.client import SigRLClient
+
+    client = SigRLClient(server.grpc_url)
+    assert client.max_batch_size() == 32 and client.vocabulary() == vocabulary
+    client.close()
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(33):
+        (folder / f"{i:02d}.png").write_bytes(png_bytes(64, 48, 200 + i))
+    (folder / "05.png").write_bytes(b"GIF89a but not really")  # corrupt, in the first batch of 32
+    (folder / "32.png").write_bytes(b"")  # empty, alone in the second batch
+    (folder / "notes.txt").write_text("not an image: skipped")
+    code = main(["tag", str(folder), "--url", server.grpc_url, "--labels", "red,circle,blue", "--top-k", "2",
+                 "--json"])
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert code == 2 and [Path(r["image"]).name for r in rows] == [f"{i:02d}.png" for i in range(33)]
+    failed = {Path(r["image"]).name: r["error"] for r in rows if "error" in r}
+    assert set(failed) == {"05.png", "32.png"}
+    assert f"{folder / '05.png'} is not in an image format" in failed["05.png"] and "image 0" not in failed["05.png"]
+    assert failed["32.png"] == f"{folder / '32.png'} is empty"
+    assert all(list(r["scores"]) == ["red", "circle", "blue"] and len(r["top"]) == 2 for r in rows if "error" not in r)
+    errors = captured.err.splitlines()
+    assert len(errors) == 3 and errors[-1] == "sigrl tag: error: 2 of 33 images could not be tagged (see above)"
+    assert all(line.startswith("sigrl tag: error: ") for line in errors)
+
+
 def test_served_engines_pass_the_parity_check_against_in_process_onnxruntime(server, ort_runtime, vocabulary,
                                                                             metadata):
     from sigrl.deploy.parity import compare_runtimes, parity_inputs
-    from sigrl.serving.client import TritonRuntime
+    from sigrl.serving.triton_runtime import TritonRuntime
 
     vocabularies, images = parity_inputs(vocabulary, metadata["prompt_template"], 64, [1, 12, 100], [1, 4])
     rows = compare_runtimes(ort_runtime, TritonRuntime(server.grpc_url), vocabularies, images)

@@ -5,22 +5,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
-from sigrl.checkpoint import load_checkpoint
+from sigrl.cli.arguments import positive_int
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole chain on the built-in default: train ``tiny`` on synthetic shapes, evaluate, export,
     serve with Triton, tag images over gRPC, and compare served with in-process scores and latency."""
+    import numpy as np
+
+    from sigrl.checkpoint import load_checkpoint
     from sigrl.data import build_dataset
     from sigrl.deploy.onnx_export import export_checkpoint
     from sigrl.deploy.runtimes import TorchRuntime
     from sigrl.evaluation import evaluate_dataset, format_report
-    from sigrl.serving.client import SigRLClient, TritonRuntime
+    from sigrl.serving.client import SigRLClient
     from sigrl.serving.measure import InProcessTagger, latency, png_bytes
     from sigrl.serving.repository import build_repository
     from sigrl.serving.server import TritonServer
+    from sigrl.serving.triton_runtime import TritonRuntime
     from sigrl.training import recipe_for, train
 
     out = Path(args.out)
@@ -75,5 +77,5 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add ``demo`` to the ``sigrl`` parser."""
     demo = commands.add_parser("demo", help="train tiny, evaluate, export, serve with Triton, tag over gRPC")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--max-steps", type=int)
+    demo.add_argument("--max-steps", type=positive_int)
     demo.set_defaults(func=cmd_demo)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from sigrl.checkpoint import load_checkpoint
-from sigrl.factory import list_models
-from sigrl.precision import PRECISIONS
+from sigrl.cli.arguments import positive_int, torch_device, writable_file, writable_folder, write_json
+from sigrl.errors import UsageError
+from sigrl.registry import PRECISIONS, RUNTIMES, list_models
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    json_path = writable_file("--json", args.json) if args.json else None
+    writable_folder("--out", args.out)
     from sigrl.deploy.onnx_export import export_checkpoint
 
     report = export_checkpoint(args.checkpoint, args.out, expect_config=args.config, precision=args.precision,
@@ -19,40 +19,49 @@ def cmd_export(args: argparse.Namespace) -> int:
     for name, info in report.items():
         print(f"{info['path']}: {info['precision']}, {info['bytes'] / 2**20:.1f} MiB, "
               f"exported in {info['seconds']:.1f} s")
+    if json_path is not None:
+        write_json(json_path, {"checkpoint": str(args.checkpoint), "engines": report})
     return 0
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser, engines_help: str) -> None:
     """``--engines``, ``--runtime``, ``--precision`` and ``--device``: which runtime scores (parity, eval)."""
-    from sigrl.deploy.runtimes import RUNTIMES
-    from sigrl.precision import PRECISIONS
-
     parser.add_argument("--engines", help=engines_help)
     parser.add_argument("--runtime", choices=RUNTIMES,
                         help="default: onnxruntime with --engines, else torch. onnx-reference runs graphs "
                              "ONNX Runtime's CPU provider cannot (bf16), slowly; tensorrt takes a folder of plans")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="torch: cast the model (fp32, fp16, bf16); engines: must match what they were exported at")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the runtime runs")
+    parser.add_argument("--device", help="where the runtime runs: cpu, cuda or cuda:N (default: cuda where available)")
 
 
 def runtime_from_arguments(args: argparse.Namespace, model):
     """The runtime the ``add_runtime_arguments`` flags ask for, for ``model`` (a loaded checkpoint)."""
-    from sigrl.deploy.runtimes import create_runtime
+    from sigrl.deploy.runtimes import create_runtime, ort_providers
 
     kind = args.runtime or ("onnxruntime" if args.engines else "torch")
     if kind == "torch" and args.engines:
-        raise ValueError("--runtime torch runs the checkpoint itself: leave out --engines")
-    return create_runtime(kind, model=model, engines=args.engines, precision=args.precision, device=args.device)
+        raise UsageError("--runtime torch runs the checkpoint itself: leave out --engines")
+    if kind == "torch":
+        torch_device("--device", args.device)
+    elif kind == "onnxruntime":
+        try:
+            ort_providers(args.device or "auto")
+        except (RuntimeError, ValueError) as err:  # cuda without onnxruntime-gpu, or a device it does not know
+            raise UsageError(f"--device {args.device}: {err}") from err
+    return create_runtime(kind, model=model, engines=args.engines, precision=args.precision,
+                          device=args.device or "auto")
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
+    from sigrl.checkpoint import load_checkpoint
     from sigrl.deploy.parity import compare_runtimes, format_rows, parity_inputs
     from sigrl.deploy.runtimes import TorchRuntime
 
+    json_path = writable_file("--json", args.json) if args.json else None
     model = load_checkpoint(args.checkpoint)
     if not args.engines and args.runtime in (None, "torch") and args.precision in (None, "fp32"):
-        raise ValueError("nothing to compare: pass --engines (exported engines) or --precision fp16/bf16 "
+        raise UsageError("nothing to compare: pass --engines (exported engines) or --precision fp16/bf16 "
                          "(PyTorch at that precision)")
     candidate = runtime_from_arguments(args, model)
     reference = TorchRuntime(model, candidate.provider if candidate.name == "torch" else "cpu")
@@ -63,8 +72,8 @@ def cmd_parity(args: argparse.Namespace) -> int:
           f"({candidate.provider}); tolerances of each engine's precision "
           f"(text {candidate.engine_precisions['text_gmc']}, image {candidate.engine_precisions['image_svfr']})")
     print(format_rows(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps([r.to_dict() for r in rows], indent=2))
+    if json_path is not None:
+        write_json(json_path, [r.to_dict() for r in rows])
     failed = [r for r in rows if not r.passed]
     print(f"{len(rows) - len(failed)}/{len(rows)} comparisons within tolerance")
     return 1 if failed else 0
@@ -79,15 +88,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="fp16/bf16: weights and products in that precision, sensitive steps fp32; "
                              "int8: image engine quantized (ONNX Runtime dynamic int8), text engine fp32")
-    export.add_argument("--class-chunk", type=int,
+    export.add_argument("--class-chunk", type=positive_int,
                         help="SVFR classes per loop iteration in the graph (default: the config's; more = fewer "
                              "iterations, more memory)")
+    export.add_argument("--json", help="write what was exported (paths, sizes, seconds) as JSON here")
     export.set_defaults(func=cmd_export)
     parity = commands.add_parser("parity", help="compare exported engines (or PyTorch at low precision) with the "
                                                 "fp32 PyTorch checkpoint, at the tolerances of their precision")
     parity.add_argument("--checkpoint", required=True)
     add_runtime_arguments(parity, "folder written by `sigrl export` (or `sigrl build-engines` for tensorrt)")
-    parity.add_argument("--classes", type=int, nargs="+", default=[1, 12, 300], help="vocabulary sizes")
-    parity.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="image batch sizes")
+    parity.add_argument("--classes", type=positive_int, nargs="+", default=[1, 12, 300], help="vocabulary sizes")
+    parity.add_argument("--batch", type=positive_int, nargs="+", default=[1, 8], help="image batch sizes")
     parity.add_argument("--json", help="write the rows as JSON here")
     parity.set_defaults(func=cmd_parity)

@@ -6,6 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sigrl.cli.arguments import positive_float, positive_int
+from sigrl.errors import UsageError
+
+if TYPE_CHECKING:
+    from sigrl.serving.client import Tagging
 
 
 def cmd_triton_repo(args: argparse.Namespace) -> int:
@@ -39,44 +46,102 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
 def _read_thresholds(path: str | None, default: float | None) -> dict[str, float] | float | None:
     """Per-class thresholds from a JSON file ``{label: threshold}``, else the single ``--threshold``."""
     if path is None:
         return default
-    values = json.loads(Path(path).read_text())
+    try:
+        values = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--thresholds {path} is not JSON ({err.msg} at line {err.lineno})") from err
     if not isinstance(values, dict) or not all(isinstance(v, (int, float)) for v in values.values()):
-        raise SystemExit(f"{path} must hold a JSON object {{label: threshold}}")
+        raise UsageError(f'--thresholds {path} must hold a JSON object {{"label": threshold, "*": default}}')
     return {str(k): float(v) for k, v in values.items()}
+
+
+def _parse_labels(text: str | None) -> list[str] | None:
+    """``--labels`` as a list; absent means the served default vocabulary, but an empty list is a mistake."""
+    if text is None:
+        return None
+    if not text.strip():
+        raise UsageError("--labels is empty: give comma-separated names (e.g. --labels dog,cat), "
+                         "or leave it out to use the served default vocabulary")
+    from sigrl.serving.client import check_labels
+
+    try:
+        return check_labels(text.split(","))
+    except UsageError as err:
+        raise UsageError(f"--labels: {err}") from err
+
+
+def image_paths(arguments: list[str]) -> list[Path]:
+    """The files to tag: each IMAGE argument is a file, or a folder whose image files (recursively, sorted) count."""
+    paths: list[Path] = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UsageError(f"{path} is a folder without image files ({', '.join(IMAGE_SUFFIXES)})")
+            paths += found
+        else:
+            paths.append(path)  # a missing or unreadable file is reported as that file's error
+    return paths
+
+
+def _read(path: Path) -> bytes | OSError:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        return OSError(err.strerror or str(err))
+
+
+def _print_tagging(tagging: Tagging, top_k: int, thresholds: dict[str, float] | float | None,
+                   as_json: bool) -> None:
+    if tagging.error is not None:
+        if as_json:
+            print(json.dumps({"image": tagging.image, "error": tagging.error}), flush=True)
+        print(f"sigrl tag: error: {tagging.error}", file=sys.stderr, flush=True)
+        return
+    ranked = sorted(tagging.scores.items(), key=lambda item: -item[1])
+    if isinstance(thresholds, dict):
+        default = thresholds.get("*", float("-inf"))
+        ranked = [(n, s) for n, s in ranked if s >= thresholds.get(n, default)]
+    elif thresholds is not None:
+        ranked = [(n, s) for n, s in ranked if s >= thresholds]
+    kept = ranked[:top_k]
+    if as_json:
+        print(json.dumps({"image": tagging.image, "scores": tagging.scores,
+                          "top": [{"label": n, "score": s} for n, s in kept]}), flush=True)
+    else:
+        print(f"{tagging.image}: " + (", ".join(f"{n} ({s:.3f})" for n, s in kept) or "(no label above threshold)"),
+              flush=True)
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
     from sigrl.serving.client import SigRLClient
 
-    labels = [name.strip() for name in args.labels.split(",")] if args.labels else None
+    labels = _parse_labels(args.labels)
     thresholds = _read_thresholds(args.thresholds, args.threshold)
-    client = SigRLClient(args.url)
-    images = []
-    for path in args.images:
-        try:
-            images.append(Path(path).read_bytes())
-        except OSError as err:
-            raise SystemExit(f"cannot read image {path}: {err}") from err
-    for tagging in client.tag(args.images, images, labels, args.top_k):
-        ranked = sorted(tagging.scores.items(), key=lambda item: -item[1])
-        if isinstance(thresholds, dict):
-            default = thresholds.get("*", float("-inf"))
-            ranked = [(n, s) for n, s in ranked if s >= thresholds.get(n, default)]
-        elif thresholds is not None:
-            ranked = [(n, s) for n, s in ranked if s >= thresholds]
-        kept = ranked[:args.top_k]
-        if args.json:
-            print(json.dumps({"image": tagging.image, "scores": tagging.scores,
-                              "top": [{"label": n, "score": s} for n, s in kept]}))
-        else:
-            print(f"{tagging.image}: " + (", ".join(f"{n} ({s:.3f})" for n, s in kept) or "(no label above threshold)"))
-    client.close()
+    paths = image_paths(args.images)
+    client = SigRLClient(args.url, timeout_s=args.timeout)
+    failed = 0
+    try:
+        step = client.max_batch_size()  # also the first call: no server at --url fails here, once
+        for start in range(0, len(paths), step):  # read and send one server batch at a time
+            chunk = paths[start:start + step]
+            for tagging in client.tag([str(p) for p in chunk], [_read(p) for p in chunk], labels, args.top_k):
+                failed += tagging.error is not None
+                _print_tagging(tagging, args.top_k, thresholds, args.json)
+    finally:
+        client.close()
+    if failed:
+        print(f"sigrl tag: error: {failed} of {len(paths)} images could not be tagged (see above)", file=sys.stderr)
+        return 2
     return 0
-
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -101,11 +166,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--http-port", type=int, help="default: a free port")
     serve.set_defaults(func=cmd_serve)
     tag = commands.add_parser("tag", help="tag images over gRPC with labels chosen per request")
-    tag.add_argument("images", nargs="+", metavar="IMAGE")
+    tag.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them")
     tag.add_argument("--url", default="127.0.0.1:8001", help="gRPC address HOST:PORT")
     tag.add_argument("--labels", help="comma-separated label names (default: the served default vocabulary)")
-    tag.add_argument("--top-k", type=int, default=5)
+    tag.add_argument("--top-k", type=positive_int, default=5)
     tag.add_argument("--threshold", type=float, help="only print labels scoring at least this")
     tag.add_argument("--thresholds", help='JSON file {"label": threshold, "*": default} of per-class thresholds')
-    tag.add_argument("--json", action="store_true", help="one JSON object per image")
+    tag.add_argument("--json", action="store_true", help="JSON lines: one object per image (errors included)")
+    tag.add_argument("--timeout", type=positive_float, default=60.0, help="seconds to wait for each request")
     tag.set_defaults(func=cmd_tag)

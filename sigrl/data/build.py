@@ -10,8 +10,7 @@ from sigrl.data.nus_wide import NusWide
 from sigrl.data.spml import SinglePositive
 from sigrl.data.synthetic import SyntheticShapes
 from sigrl.data.transforms import Transform, build_transform
-
-DATASET_NAMES = ("synthetic", "nus-wide", "coco", "voc")
+from sigrl.registry import DATASET_NAMES
 
 
 def build_dataset(

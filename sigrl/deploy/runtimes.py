@@ -19,7 +19,8 @@ import torch
 from sigrl.deploy.engines import ImageSVFREngine, TextGMCEngine, engine_specs
 from sigrl.deploy.onnx_export import read_metadata
 from sigrl.model import SigRL, SigRLConfig
-from sigrl.precision import FLOAT_DTYPES, PRECISIONS, cast_model, check_precision
+from sigrl.precision import FLOAT_DTYPES, cast_model, check_precision
+from sigrl.registry import PRECISIONS, RUNTIMES
 from sigrl.tokenizer import trim_token_ids
 
 
@@ -207,9 +208,6 @@ class OnnxReferenceRuntime(OnnxRuntime):
 
     def _run(self, engine: str, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return [np.asarray(out, dtype=np.float32) for out in self.sessions[engine].run(names, feeds)]
-
-
-RUNTIMES = ("torch", "onnxruntime", "onnx-reference", "tensorrt")
 
 
 def create_runtime(kind: str, *, model: SigRL | None = None, engines: str | Path | None = None,

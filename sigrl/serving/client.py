@@ -1,43 +1,114 @@
-"""gRPC clients of a served SigRL repository (``tritonclient``).
+"""gRPC client of a served SigRL repository (``tritonclient``), without torch: it starts in a fraction of a second.
 
-:class:`SigRLClient` talks to the public ``sigrl`` model: encoded image bytes and label names in,
-scores and top labels out. :class:`TritonRuntime` talks to the two engine models directly and is an
-:class:`~sigrl.deploy.runtimes.EngineRuntime`, so parity checks and benchmarks treat the server like
-any in-process runtime.
+:class:`SigRLClient` talks to the public ``sigrl`` entry model: encoded image bytes and label names in,
+scores and top labels out. :meth:`SigRLClient.tag` tags any number of named images: it sends them in
+requests of at most the entry model's ``max_batch_size`` and gives every image its own result or its
+own error, so one unreadable image does not cost the others their answer. Server problems become
+plain Python errors: no server at the address is a :class:`ConnectionError`, a refused request a
+:class:`RequestRejected` (a ``ValueError``), a timeout a :class:`TimeoutError`.
+The engine models themselves are called by :class:`sigrl.serving.triton_runtime.TritonRuntime`.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
-from sigrl.deploy.runtimes import EngineRuntime
-from sigrl.serving.backend import ENTRY_MODEL, PARAM_DEFAULT_VOCABULARY
+from sigrl.errors import UsageError
+from sigrl.serving.protocol import (
+    ENTRY_MODEL,
+    INPUT_IMAGE,
+    INPUT_LABELS,
+    INPUT_TOP_K,
+    OUTPUT_SCORES,
+    OUTPUT_TOP_LABELS,
+    OUTPUT_TOP_SCORES,
+    PARAM_DEFAULT_VOCABULARY,
+    PARAM_MAX_LABELS,
+)
+
+T = TypeVar("T")
 
 
-def _grpc():
+class RequestRejected(ValueError):
+    """The server refused a request as invalid (Triton's INVALID_ARGUMENT); the message says why."""
+
+
+def grpc_module() -> Any:
+    """``tritonclient.grpc``, or a clear error naming the extra that installs it."""
     try:
         import tritonclient.grpc as grpcclient
     except ImportError as err:
-        raise RuntimeError('tritonclient is missing: pip install -c constraints.txt -e ".[serve]"') from err
+        raise UsageError('tritonclient is missing: pip install "sigrl[serve]" '
+                         '(in a checkout: pip install -c constraints.txt -e ".[serve]")') from err
     return grpcclient
 
 
-def _input(name: str, array: np.ndarray, datatype: str):
-    tensor = _grpc().InferInput(name, list(array.shape), datatype)
+def infer_input(name: str, array: np.ndarray, datatype: str) -> Any:
+    """A ``tritonclient.grpc.InferInput`` holding ``array``."""
+    tensor = grpc_module().InferInput(name, list(array.shape), datatype)
     tensor.set_data_from_numpy(array)
     return tensor
 
 
+def translate_errors(url: str, call: Callable[[], T]) -> T:
+    """Run a tritonclient call, turning its exceptions into :class:`ConnectionError`, :class:`TimeoutError`,
+    :class:`RequestRejected` or :class:`~sigrl.errors.UsageError` with one-line messages naming ``url``."""
+    from tritonclient.utils import InferenceServerException
+
+    try:
+        return call()
+    except InferenceServerException as err:
+        status, message = str(err.status() or ""), str(err.message() or err).strip()
+        if "UNAVAILABLE" in status:
+            raise ConnectionError(f"no Triton server at {url}: start one with `sigrl serve --repo REPO` "
+                                  "or pass the server's gRPC address with --url") from err
+        if "DEADLINE_EXCEEDED" in status:
+            raise TimeoutError(f"the Triton server at {url} did not answer in time") from err
+        if "INVALID_ARGUMENT" in status:
+            raise RequestRejected(message) from err
+        if "NOT_FOUND" in status or "unknown model" in message or "not found" in message:
+            raise UsageError(f"the Triton server at {url} serves no {ENTRY_MODEL!r} model ({message}): "
+                             "is it running a repository made by `sigrl triton-repo`?") from err
+        raise
+
+
 @dataclass
 class Tagging:
-    """What the server said about one image: every label's score and the top labels, best first."""
+    """What the server said about one image: every label's score and the top labels, best first,
+    or why this image could not be tagged (``error``; then ``scores`` and ``top`` are empty)."""
 
     image: str
-    scores: dict[str, float]
+    scores: dict[str, float] = field(default_factory=dict)
     top: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None
+
+
+def check_labels(labels: Sequence[str]) -> list[str]:
+    """Label names as the server accepts them: stripped, none blank, no duplicates (else UsageError)."""
+    names = [str(name).strip() for name in labels]
+    if not names:
+        raise UsageError("the label list is empty")
+    seen: dict[str, int] = {}
+    for position, name in enumerate(names):
+        if not name:
+            raise UsageError(f"label {position + 1} of {len(names)} is blank")
+        if name in seen:
+            raise UsageError(f"label {name!r} is given twice (positions {seen[name] + 1} and {position + 1})")
+        seen[name] = position
+    return names
+
+
+def _about(name: str, message: str) -> str:
+    """A single-image request's error about ``image 0`` restated about the file ``name``."""
+    message = message.strip().splitlines()[0] if message.strip() else "rejected by the server"
+    named, count = re.subn(r"\bimage 0\b", name, message, count=1)
+    return named if count else f"{name}: {message}"
 
 
 class SigRLClient:
@@ -45,64 +116,89 @@ class SigRLClient:
 
     def __init__(self, url: str = "127.0.0.1:8001", timeout_s: float | None = 60.0) -> None:
         self.url, self.timeout_s = url, timeout_s
-        self.client = _grpc().InferenceServerClient(url)
+        self.client = grpc_module().InferenceServerClient(url)
+        self._config: dict[str, Any] | None = None
+
+    def _call(self, call: Callable[[], T]) -> T:
+        return translate_errors(self.url, call)
 
     def is_ready(self) -> bool:
-        return self.client.is_server_ready() and self.client.is_model_ready(ENTRY_MODEL)
+        return self._call(lambda: self.client.is_server_ready() and self.client.is_model_ready(ENTRY_MODEL))
+
+    def config(self) -> dict[str, Any]:
+        """The entry model's configuration as Triton reports it (read once per client)."""
+        if self._config is None:
+            self._config = self._call(lambda: self.client.get_model_config(ENTRY_MODEL, as_json=True,
+                                                                           client_timeout=self.timeout_s))["config"]
+        return self._config
+
+    def _parameter(self, key: str) -> str | None:
+        return self.config().get("parameters", {}).get(key, {}).get("string_value")
+
+    def max_batch_size(self) -> int:
+        """Images per request the entry model accepts (its ``max_batch_size``)."""
+        return max(1, int(self.config().get("max_batch_size", 1)))
+
+    def vocabulary(self) -> list[str]:
+        """The default vocabulary: the labels the served model was trained on."""
+        return json.loads(self._parameter(PARAM_DEFAULT_VOCABULARY) or "[]")
 
     def infer(self, images: list[bytes], labels: list[str] | None = None,
               top_k: int = 5) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
         """Scores N×C and the top-k (label, score) per image, for encoded images in one request.
 
-        ``labels=None`` uses the repository's default vocabulary.
+        ``labels=None`` uses the repository's default vocabulary. At most :meth:`max_batch_size` images.
         """
         count = len(images)
-        inputs = [_input("image", np.array([[b] for b in images], dtype=object), "BYTES"),
-                  _input("top_k", np.full((count, 1), top_k, dtype=np.int32), "INT32")]
+        inputs = [infer_input(INPUT_IMAGE, np.array([[b] for b in images], dtype=object), "BYTES"),
+                  infer_input(INPUT_TOP_K, np.full((count, 1), top_k, dtype=np.int32), "INT32")]
         if labels is not None:
             encoded = np.array([[name.encode() for name in labels]] * count, dtype=object)
-            inputs.append(_input("labels", encoded, "BYTES"))
-        result = self.client.infer(ENTRY_MODEL, inputs, client_timeout=self.timeout_s)
-        top_labels, top_scores = result.as_numpy("top_labels"), result.as_numpy("top_scores")
+            inputs.append(infer_input(INPUT_LABELS, encoded, "BYTES"))
+        result = self._call(lambda: self.client.infer(ENTRY_MODEL, inputs, client_timeout=self.timeout_s))
+        top_labels, top_scores = result.as_numpy(OUTPUT_TOP_LABELS), result.as_numpy(OUTPUT_TOP_SCORES)
         tops = [[(name.decode(), float(score)) for name, score in zip(names, scores)]
                 for names, scores in zip(top_labels, top_scores)]
-        return result.as_numpy("scores"), tops
+        return result.as_numpy(OUTPUT_SCORES), tops
 
-    def vocabulary(self) -> list[str]:
-        """The default vocabulary: the labels the served model was trained on."""
-        config = self.client.get_model_config(ENTRY_MODEL, as_json=True)["config"]
-        return json.loads(config["parameters"][PARAM_DEFAULT_VOCABULARY]["string_value"])
-
-    def tag(self, names: list[str], images: list[bytes], labels: list[str] | None = None,
+    def tag(self, names: Sequence[str], images: Sequence[bytes | BaseException], labels: Sequence[str] | None = None,
             top_k: int = 5) -> list[Tagging]:
-        """:meth:`infer` for named images, as one :class:`Tagging` per image."""
-        scores, tops = self.infer(images, labels, top_k)
-        vocabulary = labels if labels is not None else self.vocabulary()
-        return [Tagging(name, {label: float(s) for label, s in zip(vocabulary, row)}, top)
-                for name, row, top in zip(names, scores, tops)]
+        """One :class:`Tagging` per named image, in order, each with its scores or its own error.
+
+        ``images`` holds encoded bytes, or the exception met reading that file (reported as its error).
+        Images go in requests of at most :meth:`max_batch_size`; a request the server refuses is retried
+        image by image, so only the images at fault get an error. Label problems fail the whole call.
+        """
+        vocabulary = check_labels(labels) if labels is not None else self.vocabulary()
+        max_labels = self._parameter(PARAM_MAX_LABELS)
+        if labels is not None and max_labels is not None and len(vocabulary) > int(max_labels):
+            raise UsageError(f"{len(vocabulary)} labels, more than the {max_labels} the server at {self.url} accepts")
+        send = vocabulary if labels is not None else None
+        results: list[Tagging | None] = [
+            Tagging(name, error=f"{name}: {data}") if isinstance(data, BaseException) else None
+            for name, data in zip(names, images)]
+
+        def answer(indices: list[int]) -> None:
+            scores, tops = self.infer([images[i] for i in indices], send, top_k)  # type: ignore[misc]
+            for index, row, top in zip(indices, scores, tops):
+                results[index] = Tagging(names[index], {label: float(s) for label, s in zip(vocabulary, row)}, top)
+
+        pending = [i for i, result in enumerate(results) if result is None]
+        step = self.max_batch_size()
+        for start in range(0, len(pending), step):
+            batch = pending[start:start + step]
+            if len(batch) > 1:
+                try:
+                    answer(batch)
+                    continue
+                except RequestRejected:
+                    pass  # one image at fault fails the request: retry one by one, the others get their answer
+            for index in batch:
+                try:
+                    answer([index])
+                except RequestRejected as err:
+                    results[index] = Tagging(names[index], error=_about(names[index], str(err)))
+        return [result for result in results if result is not None]
 
     def close(self) -> None:
         self.client.close()
-
-
-class TritonRuntime(EngineRuntime):
-    """The served ``text_gmc`` and ``image_svfr`` models, called over gRPC."""
-
-    name = "triton"
-
-    def __init__(self, url: str = "127.0.0.1:8001") -> None:
-        self.url = url
-        self.client = _grpc().InferenceServerClient(url)
-
-    @property
-    def provider(self) -> str:
-        return f"triton grpc {self.url}"
-
-    def _encode_labels(self, token_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        result = self.client.infer("text_gmc", [_input("token_ids", token_ids, "INT32")])
-        return result.as_numpy("label_emb"), result.as_numpy("graph_emb")
-
-    def _score_images(self, images: np.ndarray, label_emb: np.ndarray, graph_emb: np.ndarray) -> np.ndarray:
-        inputs = [_input("images", images, "FP32"), _input("label_emb", label_emb, "FP32"),
-                  _input("graph_emb", graph_emb, "FP32")]
-        return self.client.infer("image_svfr", inputs).as_numpy("scores")

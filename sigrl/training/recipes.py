@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
-from sigrl.losses import SPML_HYPERPARAMETERS, SPML_KINDS
-
-LOSSES = ("rank", *SPML_KINDS)
+from sigrl.losses import SPML_HYPERPARAMETERS
+from sigrl.registry import LOSSES
 
 
 @dataclass
@@ -44,7 +43,8 @@ class TrainConfig:
     eval_batch_size: int = 64
     synthetic_train_images: int | None = None  # size of the synthetic training set (None = its default)
     device: str | None = None  # default: cuda (this process's local rank) if available, else cpu
-    progress: bool = True
+    progress: bool = True  # progress bar in a terminal, else a line every `log_every` steps; off: neither
+    log_every: int = 50
 
     @classmethod
     def field_names(cls) -> set[str]:

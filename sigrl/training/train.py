@@ -10,8 +10,10 @@ random augmentation in worker processes, a resume mid-epoch redraws the augmenta
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -147,6 +149,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
         self.step, self.best, self.history, self.rng_state = 0, -math.inf, [], None
+        self.losses: list[float] = []  # training losses since the last evaluation (for metrics.jsonl)
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and self.device.type == "cuda")
 
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -240,15 +243,25 @@ class Trainer:
         if self.rank == 0:
             metrics = evaluate_split(self.model, self.val_set, cfg.eval_batch_size, self.device)
             self.history.append({"step": self.step, **metrics})
-            if cfg.progress:
-                print(f"step {self.step}: val mAP {metrics['mAP']:.2f}  F1@3 {metrics['F1@3']:.2f}", flush=True)
+            print(f"step {self.step}: val mAP {metrics['mAP']:.2f}  F1@3 {metrics['F1@3']:.2f}", flush=True)
             if metrics["mAP"] > self.best:
                 self.best = metrics["mAP"]
                 self.save("best.pt", metrics, full=False)
             self.save("last.pt", metrics, full=True)
+            self._log_metrics(epoch, metrics)
         if self.world > 1:
             dist.barrier()
         return metrics
+
+    def _log_metrics(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Append one JSON line per evaluation to ``out/metrics.jsonl`` (step, epoch, mean training loss, val)."""
+        mean_loss = sum(self.losses) / len(self.losses) if self.losses else None
+        record = {"step": self.step, "epoch": epoch + 1, "train_loss": mean_loss,
+                  "lr": self.optimizer.param_groups[0]["lr"], "best_val_mAP": self.best, "val": metrics,
+                  "time": time.time()}
+        with open(self.out / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        self.losses = []
 
     def fit(self) -> dict[str, Any]:
         """Run until ``epochs`` (or ``max_steps``); returns ``{"best_val_mAP", "val", "steps"}``."""
@@ -261,6 +274,7 @@ class Trainer:
                 label_emb = self.model.encode_text(self.token_ids)
         stop_at = min(cfg.max_steps if cfg.max_steps is not None else self.total_steps, self.total_steps)
         metrics: dict[str, float] = {}
+        show = cfg.progress and self.rank == 0  # a bar in a terminal, else a line every log_every steps
         while self.step < stop_at:
             epoch, offset = divmod(self.step, self.steps_per_epoch)
             torch.manual_seed(cfg.seed + 1_000 * (epoch + 1))  # identical on every rank: same GMC dropout
@@ -268,13 +282,17 @@ class Trainer:
                 self._set_rng(self.rng_state)
             loader = self._epoch_loader(epoch, offset)
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", dynamic_ncols=True,
-                       disable=not cfg.progress or self.rank != 0)
+                       disable=not (show and sys.stderr.isatty()))
             self.module.train()
             for batch in bar:
                 started = time.perf_counter()
                 loss = self.train_step(network, batch, label_emb)
+                self.losses.append(loss)
                 rate = len(batch["image"]) * self.world / (time.perf_counter() - started)
                 bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
+                if show and bar.disable and self.step % cfg.log_every == 0:  # logs, CI, cluster jobs
+                    print(f"step {self.step}/{stop_at} (epoch {epoch + 1}/{cfg.epochs}): loss {loss:.4f}, "
+                          f"{rate:.0f} images/s", flush=True)
                 if self.step >= stop_at:
                     break
             metrics = self._end_of_round(epoch)

@@ -1,0 +1,23 @@
+"""The names users choose between (model configs, datasets, losses), readable without importing torch.
+
+The ``sigrl`` command builds its parser from these on every call, ``sigrl tag`` included, so this
+module imports nothing heavy; the modules that implement the names import them from here.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+CONFIG_PACKAGE = "sigrl.model_configs"
+
+DATASET_NAMES = ("synthetic", "nus-wide", "coco", "voc")
+SPML_KINDS = ("an", "iun", "em", "em_apl")  # single-positive losses (sigrl.losses)
+LOSSES = ("rank", *SPML_KINDS)  # "rank": the zero-shot ranking loss
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`sigrl.create_model` (one JSON file each in ``sigrl/model_configs``)."""
+    files = resources.files(CONFIG_PACKAGE).iterdir()
+    return sorted(f.name.removesuffix(".json") for f in files if f.name.endswith(".json"))
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # engine precisions (sigrl.precision); torch runs the first three
+RUNTIMES = ("torch", "onnxruntime", "onnx-reference", "tensorrt")  # sigrl.deploy.runtimes.create_runtime
