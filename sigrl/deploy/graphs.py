@@ -87,6 +87,8 @@ class ImageSVFRGraph(nn.Module):
         svfr: SemanticReconstruction = self.model.svfr
         chunk = svfr.class_chunk
         global_feat, patches = self.model.encode_image(images)
+        if not svfr.enabled:  # MKT baseline (use_svfr false): the local branch scores V, graph_emb is unused
+            return svfr.score(global_feat, patches, label_emb)
         num_classes = label_emb.shape[0]
 
         def sda_step(carry: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
