@@ -68,6 +68,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    out = Path(args.out)
+    if out.is_dir() or not os.access(next(p for p in (out.parent, *out.parent.parents) if p.exists()), os.W_OK):
+        raise ValueError(f"--out {out}: not a writable file path")  # checked before the (long) scoring
     data, root, options = checkpoint_dataset(args)
     if data == "nus-wide" and args.split == "test":
         options["vocabulary"] = "gzsl"  # seen and unseen labels
@@ -77,7 +80,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                             args.workers)
     labels = np.asarray(dataset.labels)
     calibration = calibrate_thresholds(scores, labels, dataset.vocabulary)
-    _write_json_atomically(Path(args.out), calibration.to_json())
+    _write_json_atomically(out, calibration.to_json())
     per_class = [f1_at(scores[:, c], labels[:, c], calibration.global_threshold)
                  for c, name in enumerate(dataset.vocabulary) if name in calibration.f1]
     print(f"{len(dataset.vocabulary)} thresholds from {len(dataset)} {data} {args.split} images "
