@@ -38,7 +38,9 @@ def predict(model: SigRL, dataset: Dataset, vocabularies: dict[str, Sequence[str
     autocast = scoring_autocast(device, precision)
     was_training = model.training
     model.eval()
-    encoded = {name: model.encode_labels(model.tokenize(list(vocab)).to(device)) for name, vocab in vocabularies.items()}
+    with scoring_autocast(device, "fp32"):  # vocabularies are encoded once, always in fp32
+        encoded = {name: model.encode_labels(model.tokenize(list(vocab)).to(device))
+                   for name, vocab in vocabularies.items()}
     outputs: dict[str, list[torch.Tensor]] = {name: [] for name in vocabularies}
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     for batch in tqdm(loader, desc="scoring", disable=not progress, leave=False):

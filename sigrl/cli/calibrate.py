@@ -7,13 +7,19 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sigrl.data import DATASET_NAMES
 
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
 
-def _score_dataset(runtime, dataset, token_ids: np.ndarray, batch_size: int, workers: int) -> np.ndarray:
+    from sigrl.deploy.runtimes import EngineRuntime
+
+
+def _score_dataset(runtime: EngineRuntime, dataset: Dataset, token_ids: np.ndarray, batch_size: int, workers: int) -> np.ndarray:
     """Scores [N, C] of every image of ``dataset`` with an engine runtime (PyTorch or ONNX Runtime), fp32."""
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -24,7 +30,7 @@ def _score_dataset(runtime, dataset, token_ids: np.ndarray, batch_size: int, wor
                            for batch in tqdm(loader, desc="scoring", leave=False)])
 
 
-def _runtime(args: argparse.Namespace):
+def _runtime(args: argparse.Namespace) -> tuple[EngineRuntime, str, int]:
     """(runtime, prompt template, image size): the checkpoint in PyTorch, or its exported ONNX engines."""
     from sigrl.checkpoint import load_checkpoint
     from sigrl.deploy.runtimes import OnnxRuntime, TorchRuntime
@@ -45,6 +51,9 @@ def _runtime(args: argparse.Namespace):
     if exported_from and exported_from != file_sha256(args.checkpoint):
         raise ValueError(f"--engines {args.engines} were exported from another checkpoint than {args.checkpoint}")
     runtime = OnnxRuntime(args.engines, device=args.device or "auto")
+    largest = runtime.image_spec.axis_ranges["B"][2]
+    if args.batch_size > largest:
+        raise ValueError(f"--batch-size {args.batch_size} exceeds the image engine's largest batch {largest}")
     return runtime, metadata["prompt_template"], config.vision_cfg["image_size"]
 
 
@@ -105,7 +114,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--split", default="val", choices=("val", "test"),
                            help="val: the split held out in training (default); test labels should stay unseen")
     calibrate.add_argument("--out", required=True, help='JSON file {"label": threshold, ..., "*": global}')
-    calibrate.add_argument("--batch-size", type=int, default=64)
+    calibrate.add_argument("--batch-size", type=int, default=32, help="images per batch (engines take at most 32)")
     calibrate.add_argument("--workers", type=int, default=0)
     calibrate.add_argument("--device", help="PyTorch: cpu or cuda; engines: auto, cpu or cuda")
     calibrate.set_defaults(func=cmd_calibrate)
