@@ -74,7 +74,9 @@ def load_clip_weights(model: SigRL, path: str | Path) -> None:
 
 def apply_freezing(model: SigRL) -> None:
     """Set requires_grad per the config: the text tower is always frozen (CoOp context excepted);
-    with ``freeze_vision_blocks`` = n > 0, conv1, the embeddings, ln_pre and ViT blocks 0..n-1 are frozen."""
+    with ``freeze_vision_blocks`` = n > 0, conv1, the embeddings, ln_pre and ViT blocks 0..n-1 are frozen.
+    Without SVFR (``use_svfr`` false, the MKT baseline) GMC, SDA and VFR take no part in the score, so
+    they are frozen too: no optimiser state for them, and DDP finds no unused trainable parameter."""
     model.requires_grad_(True)
     visual = model.clip.visual
     for name, param in model.clip.named_parameters():
@@ -86,12 +88,16 @@ def apply_freezing(model: SigRL) -> None:
             module.requires_grad_(False)
         visual.class_embedding.requires_grad_(False)
         visual.positional_embedding.requires_grad_(False)
+    if not model.config.use_svfr:
+        model.gmc.requires_grad_(False)
+        model.svfr.requires_grad_(False)
 
 
 def create_model(name: str, pretrained: str | Path | None = None, **overrides) -> SigRL:
     """Build the named SigRL configuration in eval mode, optionally with pretrained CLIP weights.
 
-    ``name`` is one of :func:`list_models` (``tiny``, ``vit-b16``); ``overrides`` replace config fields.
+    ``name`` is one of :func:`list_models` (``tiny``, ``vit-b16``, and their SVFR-less MKT baselines
+    ``mkt-tiny``, ``mkt-vit-b16``); ``overrides`` replace config fields.
     """
     model = SigRL(get_model_config(name, **overrides))
     model.config_name = name

@@ -36,6 +36,7 @@ class SigRLConfig:
     top_k: int = 16
     class_chunk: int = 32
     freeze_vision_blocks: int = 10  # > 0 also freezes conv1, the embeddings and ln_pre
+    use_svfr: bool = True  # False: the MKT baseline (paper Table IV), the local branch scores V, GMC unused
     image_mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
     image_std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
@@ -67,7 +68,7 @@ class SigRL(nn.Module):
         self.prompt_context = PromptContext(config.coop_n_ctx, width) if config.coop_n_ctx > 0 else None
         self.gmc = LabelGraph(config.embed_dim, config.gmc_heads, config.gmc_head_dim, config.gmc_dropout,
                               config.gmc_node_chunk)
-        self.svfr = SemanticReconstruction(config.embed_dim, config.top_k, config.class_chunk)
+        self.svfr = SemanticReconstruction(config.embed_dim, config.top_k, config.class_chunk, config.use_svfr)
         self.vocabulary: list[str] | None = None  # set by load_checkpoint: the labels it was trained on
         self.config_name: str | None = None  # set by create_model: the registry name checkpoints record
 

@@ -6,6 +6,9 @@ classes, so chunking over classes changes nothing but peak memory: SDA chunks ar
 chunks are added up, and the steps that mix classes (the correlation and the score normalisation)
 run on the small B×C×D / B×C results after the chunks. With gradient checkpointing on, each chunk
 keeps only its inputs for the backward pass and recomputes the rest.
+
+Disabled (``enabled=False``, the MKT baseline of the paper's Table IV), nothing is reconstructed: the
+local branch of the score takes the patch tokens V themselves, and G is not used.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from sigrl.chunking import run_chunk
 class SemanticReconstruction(nn.Module):
     """SDA + correlation + VFR + eq. 13 score for one image batch against one vocabulary."""
 
-    def __init__(self, dim: int, top_k: int = 16, class_chunk: int = 32) -> None:
+    def __init__(self, dim: int, top_k: int = 16, class_chunk: int = 32, enabled: bool = True) -> None:
         super().__init__()
+        self.enabled = enabled
         self.top_k = top_k
         self.class_chunk = class_chunk
         self.grad_checkpointing = False
@@ -76,5 +80,9 @@ class SemanticReconstruction(nn.Module):
 
     def forward(self, global_feat: torch.Tensor, patches: torch.Tensor, label_emb: torch.Tensor,
                 graph_emb: torch.Tensor) -> torch.Tensor:
-        """Scores B×C for image features (g: B×D, V: B×P×D) against T (C×D) and G (C×D)."""
-        return self.score(global_feat, self.reconstruct(patches, label_emb, graph_emb), label_emb)
+        """Scores B×C for image features (g: B×D, V: B×P×D) against T (C×D) and G (C×D).
+
+        Disabled, the local branch scores V itself (R = V) and G is ignored: the MKT baseline.
+        """
+        local_tokens = self.reconstruct(patches, label_emb, graph_emb) if self.enabled else patches
+        return self.score(global_feat, local_tokens, label_emb)

@@ -13,8 +13,9 @@ import sigrl
 from sigrl.checkpoint import read_checkpoint
 from sigrl.cli import main as sigrl_main
 from sigrl.data import build_dataset
+from sigrl.evaluation import predict
 from sigrl.training import recipe_for, train
-from sigrl.training.train import epoch_batches, lr_factor
+from sigrl.training.train import Trainer, epoch_batches, lr_factor
 
 from data_fixtures import write_nus_wide, write_single_positive
 
@@ -145,7 +146,7 @@ def test_ddp_with_two_gloo_processes_matches_single_process(tmp_path):
         assert diff.max() <= 1e-5, f"{key}: DDP differs from single process by {diff.max():.2e}"
 
 
-def test_single_positive_training_with_em_apl_on_voc_layout(tmp_path):
+def test_single_positive_training_with_em_apl_on_voc_layout(tmp_path, monkeypatch):
     write_single_positive(str(tmp_path / "voc"), "voc", num_train=40, num_val=6)
     # images kept apart from the label files, as in VOCdevkit: the readers follow --image-root
     shutil.copytree(tmp_path / "voc", tmp_path / "images", ignore=shutil.ignore_patterns("*.npy"))
@@ -156,7 +157,15 @@ def test_single_positive_training_with_em_apl_on_voc_layout(tmp_path):
     config = recipe_for("tiny", "em_apl", "voc", data_root=str(tmp_path / "voc"), image_root=str(tmp_path / "images"),
                         out=str(tmp_path / "run"), epochs=6, batch_size=8, progress=False)
     assert (config.spml_alpha, config.spml_beta, config.spml_warmup) == (0.2, 0.02, 5)
+    precisions = []
+
+    def recording_predict(*args, **kwargs):  # the real scorer, recording the precision it was asked for
+        precisions.append(kwargs.get("precision"))
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr("sigrl.training.train.predict", recording_predict)
     train(config)
+    assert precisions == ["fp32"] * 6  # EM_APL pseudo-labels are scored in fp32, once per epoch
     labeler = read_checkpoint(tmp_path / "run" / "last.pt")["train"]["labeler"]
     assert labeler["last_epoch"] == 6 and labeler["pseudo_negatives"].sum() > 0
     report = tmp_path / "voc.json"
@@ -177,9 +186,66 @@ def test_zero_shot_training_and_zsl_gzsl_eval_on_nus_wide_layout(tmp_path, capsy
     assert "ZSL" in printed and "GZSL" in printed
 
 
-def test_spml_loss_refuses_fully_labelled_data():
+def test_spml_loss_refuses_fully_labelled_data(tmp_path, capsys):
     with pytest.raises(ValueError, match="SPML losses need single-positive data"):
         recipe_for("tiny", "em", "synthetic")
+    # NUS-WIDE's reader returns full labels, not one observed positive: refused, not silently trained
+    assert sigrl_main(["train", "--config", "tiny", "--data", "nus-wide", "--data-root", str(tmp_path),
+                       "--loss", "an", "--out", str(tmp_path / "run")]) == 2
+    assert "full labels, not one observed positive" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_spml_recipe_keeps_adam_at_a_constant_lr_and_zero_shot_keeps_cosine():
+    for loss in ("an", "iun", "em", "em_apl"):
+        for data in ("coco", "voc"):
+            spml = recipe_for("vit-b16", loss, data, random_init=True)
+            assert (spml.optimizer, spml.lr, spml.schedule, spml.warmup_epochs) == ("adam", 1e-5, "constant", 0)
+    assert all(lr_factor(s, 100, 0, 1e-5, 1e-7, "constant") == 1.0 for s in range(101))
+    zero_shot = recipe_for("vit-b16", data="nus-wide", random_init=True)
+    assert (zero_shot.optimizer, zero_shot.lr, zero_shot.schedule, zero_shot.warmup_epochs) == ("adamw", 1e-4,
+                                                                                                 "cosine", 2)
+    assert lr_factor(10, 100, 0, 1e-4, 1e-7, zero_shot.schedule) < 1.0
+    with pytest.raises(ValueError, match="schedule"):
+        recipe_for("tiny", schedule="linear")
+
+
+def test_constant_schedule_leaves_the_lr_untouched_in_training(tmp_path):
+    config = _small_run(tmp_path, epochs=1, synthetic_train_images=64, schedule="constant")
+    train(config)
+    groups = read_checkpoint(tmp_path / "last.pt")["train"]["optimizer"]["param_groups"]
+    assert groups and all(g["lr"] == pytest.approx(config.lr * g["lr_scale"]) for g in groups)
+
+
+def test_vit_b16_training_needs_pretrained_weights_or_an_explicit_random_init(tmp_path, capsys):
+    for config in ("vit-b16", "mkt-vit-b16"):
+        assert sigrl_main(["train", "--config", config, "--out", str(tmp_path / config)]) == 2
+        err = capsys.readouterr().err
+        assert "--pretrained" in err and "--random-init" in err and err.count("\n") == 1
+    assert sigrl_main(["train", "--config", "vit-b16", "--random-init", "--pretrained", "w.pt"]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+    assert recipe_for("vit-b16", random_init=True).pretrained is None  # explicit: accepted
+    assert recipe_for("tiny").random_init  # tiny has no pretrained weights: random init is its recipe
+    assert not list(tmp_path.iterdir())
+
+
+def test_val_fraction_zero_trains_on_every_image_and_keeps_the_last_epoch(tmp_path, capsys):
+    (tmp_path / "nus").mkdir()
+    write_nus_wide(str(tmp_path / "nus"))
+    common = dict(data_root=str(tmp_path / "nus"), epochs=2, batch_size=3, progress=False)
+    assert len(Trainer(recipe_for("tiny", data="nus-wide", out=str(tmp_path / "a"), **common)).train_set) == 9
+    config = recipe_for("tiny", data="nus-wide", out=str(tmp_path / "run"), val_fraction=0, **common)
+    result = train(config)
+    assert result["best_val_mAP"] is None and result["steps"] == 2 * (10 // 3)  # all 10 training images
+    _assert_same_weights(_weights(tmp_path / "run" / "best.pt"), _weights(tmp_path / "run" / "last.pt"))
+    best = read_checkpoint(tmp_path / "run" / "best.pt")
+    assert best["data"]["val_fraction"] == 0 and best["step"] == result["steps"]
+    assert sigrl_main(["eval", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--split", "val"]) == 2
+    assert "no held-out validation split" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="own validation images"):
+        recipe_for("tiny", val_fraction=0.2)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        recipe_for("tiny", data="nus-wide", val_fraction=1.0)
 
 
 def test_coop_training_learns_only_the_context_vectors(tmp_path):

@@ -29,11 +29,19 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="output folder for last.pt / best.pt")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     parser.add_argument("--pretrained", help="local CLIP weights: open_clip checkpoint or OpenAI TorchScript file")
+    parser.add_argument("--random-init", action="store_true", default=None,
+                        help="train vit-b16 without --pretrained, from random weights, on purpose")
     parser.add_argument("--loss", default=None, choices=LOSSES, help="rank (zero-shot) or an SPML loss")
     parser.add_argument("--epochs", type=positive_int)
     parser.add_argument("--max-steps", type=positive_int, help="stop after this many steps (schedule still spans --epochs)")
     parser.add_argument("--batch-size", type=positive_int, help="global batch, split across torchrun processes")
     parser.add_argument("--lr", type=positive_float)
+    parser.add_argument("--schedule", choices=("cosine", "constant"),
+                        help="lr after warm-up: cosine to the recipe's min lr, or constant (default: the recipe's)")
+    parser.add_argument("--val-fraction", type=non_negative_float, metavar="F",
+                        help="share of the training images held out for model selection (nus-wide 0.1, coco/voc "
+                             "0.2); 0: train on all of them and keep the last epoch")
+    parser.add_argument("--eval-precision", choices=("fp32", "bf16"), help="validation scoring (default fp32)")
     parser.add_argument("--distill-weight", type=non_negative_float)
     parser.add_argument("--rank-scale", type=non_negative_float, help="initial learnable ranking-loss scale (0: none)")
     parser.add_argument("--coop-n-ctx", type=non_negative_int, help="learn N CoOp context vectors (image side frozen)")
@@ -70,6 +78,8 @@ def _train_config(args: argparse.Namespace):
              if getattr(args, f.name, None) is not None and f.name not in ("model", "data", "loss")}
     if given.get("rank_scale") == 0:
         given["rank_scale"] = None
+    if args.random_init and args.pretrained:
+        raise ValueError("--random-init and --pretrained exclude each other: pass one")
     if args.resume:
         out = Path(given.get("out") or f"runs/{args.config}")
         if not (out / "last.pt").is_file():
@@ -97,29 +107,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     from sigrl.training import train
 
     result = train(config, resume=args.resume)
-    print(f"best validation mAP {result['best_val_mAP']:.2f} after {result['steps']} steps; "
-          f"checkpoints in {config.out}/")
+    if result["best_val_mAP"] is None:
+        print(f"trained {result['steps']} steps without a validation split: best.pt holds the last epoch; "
+              f"checkpoints in {config.out}/")
+    else:
+        print(f"best validation mAP {result['best_val_mAP']:.2f} after {result['steps']} steps; "
+              f"checkpoints in {config.out}/")
     if json_path is not None:
         write_json(json_path, {"out": config.out, **result, "config": asdict(config)})
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
+def checkpoint_dataset(args: argparse.Namespace) -> tuple[str, str | None, dict]:
+    """(dataset name, root, reader options) for ``--checkpoint``: ``--data``/``--data-root``/``--image-root``
+    where given, else what the checkpoint recorded, including its held-out validation fraction so that
+    ``--split val`` is the split it was selected on."""
+    from sigrl.checkpoint import read_checkpoint
 
-    from sigrl.checkpoint import load_checkpoint, read_checkpoint
-    from sigrl.deploy.accuracy import evaluate_runtime
-    from sigrl.evaluation import evaluate_dataset, format_report
-
-    json_path = writable_file("--json", args.json) if args.json else None
     stored = read_checkpoint(args.checkpoint).get("data", {})
     data = args.data or stored.get("name")
     if data is None:
         raise UsageError(f"{args.checkpoint} does not record its dataset: pass --data")
     same_data = data == stored.get("name")
     root = args.data_root or (stored.get("root") if same_data else None)
-    image_root = args.image_root or (stored.get("image_root") if same_data else None)
-    _check_data_flags(data, root, image_root)
+    options = {"image_root": args.image_root or (stored.get("image_root") if same_data else None)}
+    _check_data_flags(data, root, options["image_root"])
+    if same_data and stored.get("val_fraction") is not None and data != "synthetic":
+        options["val_fraction"] = stored["val_fraction"]
+    if args.split == "val" and options.get("val_fraction") == 0:
+        raise UsageError(f"{args.checkpoint} was trained on all training images (--val-fraction 0): it has no "
+                         "held-out validation split; use --split test or a checkpoint trained with a validation split")
+    return data, root, options
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from sigrl.checkpoint import load_checkpoint
+    from sigrl.deploy.accuracy import evaluate_runtime
+    from sigrl.evaluation import evaluate_dataset, format_report
+
+    json_path = writable_file("--json", args.json) if args.json else None
+    data, root, options = checkpoint_dataset(args)
     model = load_checkpoint(args.checkpoint)
     if args.class_chunk:
         model.set_class_chunk(args.class_chunk)
@@ -127,12 +156,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         runtime = runtime_from_arguments(args, model)
         print(f"scoring with {runtime.name} {runtime.precision} ({runtime.provider})")
         report = evaluate_runtime(runtime, model.prompt_template, model.config.vision_cfg["image_size"], data, root,
-                                  args.split, min(args.batch_size, 32), args.workers, progress=True,
-                                  image_root=image_root)
-    else:
+                                  args.split, min(args.batch_size, 32), args.workers, progress=True, **options)
+    else:  # the paper's protocol: the checkpoint's PyTorch model in fp32
         device = torch_device("--device", args.device) or ("cuda" if torch.cuda.is_available() else "cpu")
         report = evaluate_dataset(model.to(device), data, root, args.split, args.batch_size, device, args.workers,
-                                  progress=True, image_root=image_root)
+                                  progress=True, **options)
     print(format_report(report))
     if json_path is not None:
         runtime_record = {"runtime": args.runtime or ("onnxruntime" if args.engines else "torch"),

@@ -90,6 +90,8 @@ class ImageSVFRGraph(nn.Module):
         dtype = model_dtype(self.model)  # fp32 I/O, the model's own precision inside
         images, label_emb, graph_emb = images.to(dtype), label_emb.to(dtype), graph_emb.to(dtype)
         global_feat, patches = self.model.encode_image(images)
+        if not svfr.enabled:  # MKT baseline (use_svfr false): the local branch scores V, graph_emb is unused
+            return svfr.score(global_feat, patches, label_emb)
         num_classes = label_emb.shape[0]
 
         def sda_step(carry: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

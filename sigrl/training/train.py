@@ -33,7 +33,7 @@ from sigrl.factory import create_model
 from sigrl.losses import PseudoNegativeLabeler, distillation_loss, ranking_loss, spml_loss
 from sigrl.model import SigRL
 from sigrl.params import param_groups
-from sigrl.training.recipes import TrainConfig
+from sigrl.training.recipes import TrainConfig, check_config
 
 
 class TrainingModule(nn.Module):
@@ -49,10 +49,14 @@ class TrainingModule(nn.Module):
         return self.model(images, token_ids, label_emb=label_emb, return_global=True)
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
-    """Linear warm-up to ``lr``, then cosine per iteration down to ``min_lr``; returned as a fraction of ``lr``."""
+def lr_factor(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float,
+              schedule: str = "cosine") -> float:
+    """Linear warm-up to ``lr``, then cosine per iteration down to ``min_lr`` (``schedule`` "cosine") or
+    ``lr`` unchanged ("constant"); returned as a fraction of ``lr``."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return (min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))) / lr
 
@@ -93,9 +97,9 @@ def _build_model(cfg: TrainConfig) -> SigRL:
 
 def _dataset_kwargs(cfg: TrainConfig, split: str) -> dict[str, Any]:
     """Reader options of the configured dataset for ``split`` (see :func:`sigrl.data.build_dataset`)."""
-    if cfg.data == "synthetic" and split == "train" and cfg.synthetic_train_images:
-        return {"num_images": cfg.synthetic_train_images}
-    return {"image_root": cfg.image_root}
+    if cfg.data == "synthetic":
+        return {"num_images": cfg.synthetic_train_images} if split == "train" and cfg.synthetic_train_images else {}
+    return {"image_root": cfg.image_root, **({} if cfg.val_fraction is None else {"val_fraction": cfg.val_fraction})}
 
 
 def _task_loss(cfg: TrainConfig, scores: torch.Tensor, batch: dict, scale: torch.Tensor | None,
@@ -127,8 +131,9 @@ class Trainer:
         self.model = _build_model(cfg)
         image_size = self.model.config.vision_cfg["image_size"]
         self.train_set = build_dataset(cfg.data, "train", cfg.data_root, image_size, **_dataset_kwargs(cfg, "train"))
+        self.validates = cfg.val_fraction != 0  # 0: train on every training image, keep the last epoch
         self.val_set = (build_dataset(cfg.data, "val", cfg.data_root, image_size, **_dataset_kwargs(cfg, "val"))
-                        if self.rank == 0 else None)
+                        if self.rank == 0 and self.validates else None)
         self.vocabulary = self.train_set.vocabulary
         self.token_ids = self.model.tokenize(self.vocabulary).to(self.device)
         use_teacher = cfg.distill_weight > 0 and cfg.coop_n_ctx == 0
@@ -192,7 +197,7 @@ class Trainer:
         cfg = self.cfg
         extra: dict[str, Any] = {"epoch": self.step // self.steps_per_epoch, "step": self.step, "val": metrics,
                                  "data": {"name": cfg.data, "root": cfg.data_root,
-                                          "image_root": cfg.image_root}}
+                                          "image_root": cfg.image_root, "val_fraction": cfg.val_fraction}}
         if full:
             scale = self.module.rank_scale
             extra["train"] = {
@@ -207,7 +212,7 @@ class Trainer:
     def train_step(self, network: nn.Module, batch: dict, label_emb: torch.Tensor | None) -> float:
         """One optimiser step on this process's share of a global batch; returns the loss."""
         cfg = self.cfg
-        factor = lr_factor(self.step, self.total_steps, self.warmup_steps, cfg.lr, cfg.min_lr)
+        factor = lr_factor(self.step, self.total_steps, self.warmup_steps, cfg.lr, cfg.min_lr, cfg.schedule)
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr * group["lr_scale"] * factor
         images = batch["image"].to(self.device, non_blocking=True)
@@ -232,20 +237,25 @@ class Trainer:
                           generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
 
     def _end_of_round(self, epoch: int) -> dict[str, float]:
-        """Pseudo-labels after a full epoch (EM_APL), validation and checkpoints on rank 0."""
+        """Pseudo-labels after a full epoch (EM_APL), validation and checkpoints on rank 0.
+
+        Without a validation split, ``best.pt`` is rewritten every round and so ends as the last epoch.
+        """
         cfg = self.cfg
-        if self.labeler is not None and self.step % self.steps_per_epoch == 0:
+        if self.labeler is not None and self.step % self.steps_per_epoch == 0:  # scored in fp32, never autocast
             scores = predict(self.model, self.scoring_set, {"train": self.vocabulary}, cfg.eval_batch_size,
-                             self.device)["train"]
+                             self.device, precision="fp32")["train"]
             self.labeler.update(epoch + 1, torch.from_numpy(scores))
         self.rng_state = self._rng()  # before validation: its DataLoader draws from the global RNG
         metrics: dict[str, float] = {}
         if self.rank == 0:
-            metrics = evaluate_split(self.model, self.val_set, cfg.eval_batch_size, self.device)
-            self.history.append({"step": self.step, **metrics})
-            print(f"step {self.step}: val mAP {metrics['mAP']:.2f}  F1@3 {metrics['F1@3']:.2f}", flush=True)
-            if metrics["mAP"] > self.best:
-                self.best = metrics["mAP"]
+            if self.validates:
+                metrics = evaluate_split(self.model, self.val_set, cfg.eval_batch_size, self.device,
+                                         precision=cfg.eval_precision)
+                self.history.append({"step": self.step, **metrics})
+                print(f"step {self.step}: val mAP {metrics['mAP']:.2f}  F1@3 {metrics['F1@3']:.2f}", flush=True)
+            if not self.validates or metrics["mAP"] > self.best:
+                self.best = metrics.get("mAP", self.best)
                 self.save("best.pt", metrics, full=False)
             self.save("last.pt", metrics, full=True)
             self._log_metrics(epoch, metrics)
@@ -264,7 +274,8 @@ class Trainer:
         self.losses = []
 
     def fit(self) -> dict[str, Any]:
-        """Run until ``epochs`` (or ``max_steps``); returns ``{"best_val_mAP", "val", "steps"}``."""
+        """Run until ``epochs`` (or ``max_steps``); returns ``{"best_val_mAP", "val", "steps"}``
+        (``best_val_mAP`` is None and ``val`` empty without a validation split)."""
         cfg = self.cfg
         network = (DistributedDataParallel(self.module, device_ids=[self.device.index] if self.device.type == "cuda"
                                            else None) if self.world > 1 else self.module)
@@ -296,14 +307,16 @@ class Trainer:
                 if self.step >= stop_at:
                     break
             metrics = self._end_of_round(epoch)
-        return {"best_val_mAP": self.best, "val": metrics, "steps": self.step}
+        return {"best_val_mAP": self.best if self.validates else None, "val": metrics, "steps": self.step}
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """Train per ``cfg``, writing ``out/last.pt`` every epoch and ``out/best.pt`` on a better validation mAP.
 
     Returns ``{"best_val_mAP", "val", "steps"}``. With ``resume``, continues from ``out/last.pt``.
+    ``cfg`` is checked first (:func:`sigrl.training.recipes.check_config`).
     """
+    check_config(cfg, resume=resume)
     trainer = Trainer(cfg)
     if resume:
         trainer.resume()
