@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from sigrl.cli.arguments import positive_int, torch_device, writable_file, writable_folder, write_json
 from sigrl.errors import UsageError
@@ -49,8 +50,22 @@ def runtime_from_arguments(args: argparse.Namespace, model):
             ort_providers(args.device or "auto")
         except (RuntimeError, ValueError) as err:  # cuda without onnxruntime-gpu, or a device it does not know
             raise UsageError(f"--device {args.device}: {err}") from err
+    if args.engines and kind != "tensorrt":
+        _check_exported_from(Path(args.engines), Path(args.checkpoint))
     return create_runtime(kind, model=model, engines=args.engines, precision=args.precision,
                           device=args.device or "auto")
+
+
+def _check_exported_from(engines: Path, checkpoint: Path) -> None:
+    """Refuse engines exported from another checkpoint than the one they are compared or evaluated with."""
+    from sigrl.deploy.engines import TextGMCEngine
+    from sigrl.deploy.onnx_export import file_sha256, read_metadata
+
+    if not (engines / TextGMCEngine.file_name).is_file():
+        return  # the runtime names what is missing
+    exported_from = read_metadata(engines / TextGMCEngine.file_name).get("checkpoint_sha256")
+    if exported_from and exported_from != file_sha256(checkpoint):
+        raise UsageError(f"--engines {engines} were exported from another checkpoint than {checkpoint}")
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
