@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sigrl.cli import demo, deploy, serving, training
+from sigrl.cli import bench, demo, deploy, serving, training
 
-COMMAND_GROUPS = (demo, training, deploy, serving)
+COMMAND_GROUPS = (demo, training, deploy, serving, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
