@@ -128,3 +128,34 @@ def test_cli_names_a_missing_suite_and_a_bad_compare_file(tmp_path, monkeypatch,
     assert main(["bench", "--config", "tiny", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "test_engines.py is missing" in err and "pip install -e" in err
+
+
+def test_sigrl_bench_quick_on_tiny_engines_writes_results_report_plots(tiny_engines, tmp_path):
+    """A real `sigrl bench --quick`, restricted to the fastest cases: torch and ONNX Runtime, C = 81, B = 1.
+
+    It reuses the session's exported tiny engines (the bench looks for ``tiny.pt`` and
+    ``tiny-engines-fp32`` in --work), so it times the suite and report, not an export.
+    """
+    checkpoint, engines = tiny_engines
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "tiny.pt").symlink_to(checkpoint)
+    (work / "tiny-engines-fp32").symlink_to(engines)
+    out = tmp_path / "out"
+    args = ["bench", "--config", "tiny", "--quick", "--out", str(out), "--work", str(work), "--runtimes", "torch",
+            "onnxruntime", "--precisions", "fp32", "bf16", "--no-perf-analyzer", "--pytest-args=-k 'C81 and (text or B1)'"]
+    assert main(args) == 0
+    results = load_results(out / "results.json")
+    measured = {(r.runtime, r.precision, r.engine, r.batch, r.classes) for r in results["rows"]}
+    for runtime in ("torch", "onnxruntime"):
+        assert {(runtime, "fp32", "text_gmc", 1, 81), (runtime, "fp32", "image_svfr", 1, 81)} <= measured
+        # bf16 is either measured or named as not measured, with the reason
+        assert ((runtime, "bf16", "image_svfr", 1, 81) in measured
+                or any(n.startswith("not measured") and "bf16" in n for n in results["notes"]))
+    assert all(r.p95_ms >= r.p50_ms > 0 and r.throughput > 0 and r.gflop > 0 for r in results["rows"])
+    assert results["roofline"]["fp32"] > 0 and results["machine"]["cores"] >= 1
+    report = (out / "report.md").read_text()
+    assert "## Image engine" in report and "1.00×" in report  # eager fp32 against itself
+    assert (out / "latency_vs_batch.png").is_file() and (out / "roofline_share.png").is_file()
+    compared = compare(results, load_results(out / "results.json"))
+    assert compared[-1].startswith(f"{len(results['rows'])} cases in both files")

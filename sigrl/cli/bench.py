@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import shlex
 import sys
 from pathlib import Path
 
@@ -102,7 +103,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.trt_plans:
         suite_args.append(f"--bench-trt-plans={args.trt_plans}")
     if args.pytest_args:
-        suite_args += args.pytest_args.split()
+        suite_args += shlex.split(args.pytest_args)
     serve = "triton" in args.runtimes and args.served_precision in args.precisions
     server = None
     collector = SkipCollector()
