@@ -140,7 +140,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (TF32 would be a third precision)
-    roofline = gemm_roofline(size=8192, seconds=2.0, device="cuda")
+    roofline = gemm_roofline(max_size=8192, seconds=2.0, device="cuda")
     print(f"roofline GFLOP/s: {roofline}", flush=True)
     torch.manual_seed(0)
     model = sigrl.create_model(args.config).cuda().eval()

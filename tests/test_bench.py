@@ -115,7 +115,7 @@ def test_perf_analyzer_inputs_and_csv(tmp_path):
 def test_flop_count_and_roofline_probe():
     a = torch.randn(64, 32)
     assert count_gflop(lambda: a @ torch.randn(32, 16)) == pytest.approx(2 * 64 * 32 * 16 / 1e9)
-    peaks = gemm_roofline(("fp32",), size=128, seconds=0.05)
+    peaks = gemm_roofline(("fp32",), max_size=256, seconds=0.05)
     assert peaks["fp32"] > 0
 
 

@@ -34,29 +34,41 @@ def _gemm(precision: str, size: int, device: str) -> Callable[[], object]:
     return lambda: torch.mm(a, b)
 
 
-def gemm_roofline(precisions: tuple[str, ...] = ("fp32", "bf16", "int8"), size: int = 1024, seconds: float = 1.0,
-                  device: str = "cpu") -> dict[str, float]:
-    """Best GFLOP/s (or GOP/s for int8) of a square GEMM per precision, each probed for about ``seconds``.
+def gemm_roofline(precisions: tuple[str, ...] = ("fp32", "bf16", "int8"), max_size: int = 2048,
+                  seconds: float = 1.0, device: str = "cpu") -> dict[str, float]:
+    """Best GFLOP/s (GOP/s for int8) of a square GEMM per precision, each probed for about ``seconds``.
 
-    The best of many runs, not the median: the roofline is what the hardware can reach. A precision
-    this build cannot run (e.g. int8 GEMM without kernels for the device) is left out.
+    The matrix side doubles from 256 while one product takes under a tenth of the budget (up to
+    ``max_size``), so a precision without fast kernels (bf16/int8 on a CPU without AVX-512 BF16/VNNI or
+    AMX runs at well under 1 GFLOP/s) is probed at a size it can finish. The best of many runs, not the
+    median: the roofline is what the hardware can reach. A precision this build cannot run is left out.
     """
     peaks = {}
     for precision in precisions:
+        size = 256
         try:
-            call = _gemm(precision, size, device)
-            call()
+            while True:
+                call = _gemm(precision, size, device)
+                call()  # warm-up: kernel selection, library handles
+                once = _timed(call, device)
+                if once > seconds / 10 or size >= max_size:
+                    break
+                size *= 2
         except RuntimeError:
             continue
-        best, deadline = float("inf"), time.perf_counter() + seconds
+        best, deadline = once, time.perf_counter() + seconds
         while time.perf_counter() < deadline:
-            start = time.perf_counter()
-            call()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
+            best = min(best, _timed(call, device))
         peaks[precision] = 2 * size**3 / best / 1e9
     return peaks
+
+
+def _timed(call: Callable[[], object], device: str) -> float:
+    start = time.perf_counter()
+    call()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def roofline_for(precision: str, roofline: dict[str, float]) -> float | None:
