@@ -38,6 +38,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bench-triton-url", help="gRPC address of a server already serving the fp32 engines")
     group.addoption("--bench-served-precision", default="fp32", help="precision of the served engines")
     group.addoption("--bench-trt-plans", help="folder with <precision>/text_gmc.plan and image_svfr.plan")
+    group.addoption("--bench-threads", type=int, help="CPU threads for torch and ONNX Runtime (default: theirs)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.option.bench_threads:
+        import torch
+
+        torch.set_num_threads(config.option.bench_threads)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -117,7 +125,7 @@ def _make_runtime(runtime: str, precision: str, options, checkpoint: Path, serve
     if runtime == "torch":
         return workload.torch_runtime(checkpoint, precision)
     if runtime == "onnxruntime":
-        return workload.onnx_runtime(checkpoint, precision)
+        return workload.onnx_runtime(checkpoint, precision, threads=options.bench_threads)
     if runtime == "tensorrt":
         return workload.tensorrt_runtime(Path(options.bench_trt_plans) if options.bench_trt_plans else None,
                                          precision)

@@ -142,9 +142,9 @@ def test_sigrl_bench_quick_on_tiny_engines_writes_results_report_plots(tiny_engi
     (work / "tiny.pt").symlink_to(checkpoint)
     (work / "tiny-engines-fp32").symlink_to(engines)
     out = tmp_path / "out"
-    args = ["bench", "--config", "tiny", "--quick", "--out", str(out), "--work", str(work), "--runtimes", "torch",
-            "onnxruntime", "--precisions", "fp32", "bf16", "--no-perf-analyzer", "--pytest-args=-k 'C81 and (text or B1)'"]
-    assert main(args) == 0
+    assert main(["bench", "--config", "tiny", "--quick", "--out", str(out), "--work", str(work),
+                 "--runtimes", "torch", "onnxruntime", "--precisions", "fp32", "bf16", "--no-perf-analyzer",
+                 "--pytest-args=-k 'C81 and (text or B1)'"]) == 0
     results = load_results(out / "results.json")
     measured = {(r.runtime, r.precision, r.engine, r.batch, r.classes) for r in results["rows"]}
     for runtime in ("torch", "onnxruntime"):

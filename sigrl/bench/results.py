@@ -135,6 +135,9 @@ def load_results(path: str | Path) -> dict[str, Any]:
         results["rows"] = [Row(**{k: v for k, v in row.items() if k in names}) for row in results["rows"]]
     except TypeError as err:
         raise ValueError(f"{path}: a row lacks a field: {err}") from err
+    unknown = {row.source for row in results["rows"]} - set(SOURCES)
+    if unknown:
+        raise ValueError(f"{path}: unknown row source {sorted(unknown)}; expected one of {SOURCES}")
     return results
 
 

@@ -69,8 +69,9 @@ def torch_runtime(checkpoint: Path, precision: str, device: str = "cpu") -> Torc
     return TorchRuntime(load_checkpoint(checkpoint), device, precision=precision)
 
 
-def onnx_runtime(checkpoint: Path, precision: str, device: str = "cpu") -> OnnxRuntime:
-    return OnnxRuntime(engines_dir(checkpoint, precision), device=device)
+def onnx_runtime(checkpoint: Path, precision: str, device: str = "cpu", threads: int | None = None) -> OnnxRuntime:
+    """ONNX Runtime on the checkpoint's engines in ``precision`` (``threads``: intra-op threads, default ORT's)."""
+    return OnnxRuntime(engines_dir(checkpoint, precision), device=device, threads=threads)
 
 
 def tensorrt_runtime(plans: Path | None, precision: str) -> EngineRuntime:

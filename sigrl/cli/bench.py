@@ -29,7 +29,7 @@ class SkipCollector:
             self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
 
-def _check_setup(args: argparse.Namespace) -> None:
+def _check_setup() -> None:
     """Fail before any work when the suite or pytest-benchmark is missing or --compare is unreadable."""
     if not SUITE.is_file():
         raise FileNotFoundError(f"the benchmark suite {SUITE} is missing: `sigrl bench` runs from a source "
@@ -76,7 +76,7 @@ def _perf_analyzer_rows(args: argparse.Namespace, url: str, engines: Path, out: 
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    _check_setup(args)
+    _check_setup()
     import pytest
 
     from sigrl.bench import workload
@@ -87,12 +87,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     old = load_results(args.compare) if args.compare else None
     out = Path(args.out)
     work = Path(args.work) if args.work else out / "work"
-    work.mkdir(parents=True, exist_ok=True)
+    for folder in (out, work):
+        folder.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # before the roofline probe and the suite, which runs in this process
     machine = machine_record()
     print(f"machine: {machine['cpu']}, {machine['cores']} cores; probing the GEMM roofline ...", flush=True)
     roofline = gemm_roofline(seconds=0.5 if args.quick else 2.0)
     checkpoint = workload.bench_checkpoint(args.config, work)
-    notes: list[str] = []
+    notes = [f"torch and in-process ONNX Runtime used {args.threads} thread(s)"] if args.threads else []
     pytest_json = out / "pytest-benchmark.json"
     suite_args = [str(SUITE), "-q", "-rs", "-p", "no:cacheprovider", f"--benchmark-json={pytest_json}",
                   "--benchmark-save-data", f"--bench-config={args.config}", f"--bench-work={work}",
@@ -102,6 +107,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         suite_args.append("--bench-quick")
     if args.trt_plans:
         suite_args.append(f"--bench-trt-plans={args.trt_plans}")
+    if args.threads:
+        suite_args.append(f"--bench-threads={args.threads}")
     if args.pytest_args:
         suite_args += shlex.split(args.pytest_args)
     serve = "triton" in args.runtimes and args.served_precision in args.precisions
@@ -155,7 +162,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--compare", metavar="OLD.json", help="print new/old ratios against an earlier results.json")
     bench.add_argument("--work", help="folder for checkpoint and engines (default OUT/work; reused between runs)")
     bench.add_argument("--trt-plans", help="folder with <precision>/text_gmc.plan, image_svfr.plan (GPU)")
-    bench.add_argument("--perf-analyzer", default=str(TOOLS_DIR), help="perf_analyzer tools folder (make perf-analyzer)")
+    bench.add_argument("--perf-analyzer", default=str(TOOLS_DIR),
+                       help="perf_analyzer tools folder (make perf-analyzer)")
+    bench.add_argument("--threads", type=int,
+                       help="CPU threads of torch and in-process ONNX Runtime (default: theirs; the served "
+                            "engines keep ONNX Runtime's default). 1 avoids OpenMP stalls on a shared machine")
     bench.add_argument("--max-concurrency", type=int, default=8, help="perf_analyzer concurrency 1..N")
     bench.add_argument("--no-perf-analyzer", action="store_true", help="only the pytest-benchmark suite")
     bench.add_argument("--pytest-args", help="extra pytest arguments for the suite, e.g. \"-k 'image and B1'\"")
