@@ -75,6 +75,23 @@ def _perf_analyzer_rows(args: argparse.Namespace, url: str, engines: Path, out: 
     return rows
 
 
+def _suite_args(args: argparse.Namespace, work: Path, pytest_json: Path) -> list[str]:
+    """pytest arguments that run the suite on the cases ``args`` ask for, JSON with every round to ``pytest_json``."""
+    suite_args = [str(SUITE), "-q", "-rs", "-p", "no:cacheprovider", f"--benchmark-json={pytest_json}",
+                  "--benchmark-save-data", f"--bench-config={args.config}", f"--bench-work={work}",
+                  f"--bench-runtimes={','.join(args.runtimes)}", f"--bench-precisions={','.join(args.precisions)}",
+                  f"--bench-served-precision={args.served_precision}"]
+    if args.quick:
+        suite_args.append("--bench-quick")
+    if args.trt_plans:
+        suite_args.append(f"--bench-trt-plans={args.trt_plans}")
+    if args.threads:
+        suite_args.append(f"--bench-threads={args.threads}")
+    if args.pytest_args:
+        suite_args += shlex.split(args.pytest_args)
+    return suite_args
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     _check_setup()
     import pytest
@@ -99,18 +116,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     checkpoint = workload.bench_checkpoint(args.config, work)
     notes = [f"torch and in-process ONNX Runtime used {args.threads} thread(s)"] if args.threads else []
     pytest_json = out / "pytest-benchmark.json"
-    suite_args = [str(SUITE), "-q", "-rs", "-p", "no:cacheprovider", f"--benchmark-json={pytest_json}",
-                  "--benchmark-save-data", f"--bench-config={args.config}", f"--bench-work={work}",
-                  f"--bench-runtimes={','.join(args.runtimes)}", f"--bench-precisions={','.join(args.precisions)}",
-                  f"--bench-served-precision={args.served_precision}"]
-    if args.quick:
-        suite_args.append("--bench-quick")
-    if args.trt_plans:
-        suite_args.append(f"--bench-trt-plans={args.trt_plans}")
-    if args.threads:
-        suite_args.append(f"--bench-threads={args.threads}")
-    if args.pytest_args:
-        suite_args += shlex.split(args.pytest_args)
+    suite_args = _suite_args(args, work, pytest_json)
     serve = "triton" in args.runtimes and args.served_precision in args.precisions
     server = None
     collector = SkipCollector()
