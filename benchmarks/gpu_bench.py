@@ -74,7 +74,11 @@ def row(precision: str, engine: str, batch: int, classes: int, times: list[float
                case=case, gflop=gflop, provider=torch.cuda.get_device_name(0), peak_gb=peak_gb)
 
 
-def image_rows(model: torch.nn.Module, classes: int, batches: list[int], repeats: int) -> list[Row]:
+def image_rows(model: torch.nn.Module, classes: int, batches: list[int], repeats: int, notes: list[str]) -> list[Row]:
+    """Eager fp32/bf16 and CUDA-graph bf16 at every batch, ``torch.compile`` bf16 at the largest.
+
+    A variant that fails (a capture or compile error) becomes a note instead of ending the one-shot run.
+    """
     size = model.config.vision_cfg["image_size"]
     ids = sigrl.tokenize(vocabulary(classes)).cuda()
     with torch.no_grad():
@@ -87,7 +91,6 @@ def image_rows(model: torch.nn.Module, classes: int, batches: list[int], repeats
     rows = []
     for batch in batches:
         images = torch.randn(batch, 3, size, size, device="cuda")
-        work = per_image * batch
 
         def eager() -> object:
             return model.score_images(images, label_emb, graph_emb)
@@ -96,20 +99,24 @@ def image_rows(model: torch.nn.Module, classes: int, batches: list[int], repeats
             with bf16:
                 return model.score_images(images, label_emb, graph_emb)
 
-        with torch.no_grad():
-            rows.append(row("fp32", "image_svfr", batch, classes, cuda_times(eager, repeats), batch, "img/s", work))
-            rows.append(row("bf16", "image_svfr", batch, classes, cuda_times(eager_bf16, repeats), batch, "img/s",
-                            work))
-            rows.append(row("bf16", "image_svfr", batch, classes, cuda_times(cuda_graph(eager_bf16), repeats), batch,
-                            "img/s", work, case="cuda-graph"))
-            if batch == max(batches):
-                def compiled_bf16() -> object:
-                    with bf16:
-                        return compiled(images, label_emb, graph_emb)
+        def compiled_bf16() -> object:
+            with bf16:
+                return compiled(images, label_emb, graph_emb)
 
-                rows.append(row("bf16", "image_svfr", batch, classes, cuda_times(compiled_bf16, repeats, warmup=5),
-                                batch, "img/s", work, case="torch.compile"))
-        print(*(r.label() + f": {r.throughput:,.0f} img/s" for r in rows[-4:]), sep="\n", flush=True)
+        variants = [("fp32", "", lambda: cuda_times(eager, repeats)),
+                    ("bf16", "", lambda: cuda_times(eager_bf16, repeats)),
+                    ("bf16", "cuda-graph", lambda: cuda_times(cuda_graph(eager_bf16), repeats))]
+        if batch == max(batches):
+            variants.append(("bf16", "torch.compile", lambda: cuda_times(compiled_bf16, repeats, warmup=5)))
+        for precision, case, timed in variants:
+            try:
+                with torch.no_grad():
+                    times = timed()
+            except RuntimeError as err:
+                notes.append(f"{case or 'eager'} {precision} B={batch} C={classes} failed: {str(err).splitlines()[0]}")
+                continue
+            rows.append(row(precision, "image_svfr", batch, classes, times, batch, "img/s", per_image * batch, case))
+            print(rows[-1].label() + f": {rows[-1].throughput:,.0f} img/s", flush=True)
     return rows
 
 
@@ -145,17 +152,17 @@ def main() -> None:
     print(f"roofline GFLOP/s: {roofline}", flush=True)
     torch.manual_seed(0)
     model = sigrl.create_model(args.config).cuda().eval()
-    rows = []
+    rows, notes = [], []
     for classes in args.classes:
-        rows += image_rows(model, classes, args.batch, args.repeats)
+        rows += image_rows(model, classes, args.batch, args.repeats, notes)
     rows += text_rows(model, 1006, args.repeats)
     del model
     torch.cuda.empty_cache()
     step = train_step(args.config, "cuda", 32, 925, True, 32, steps=3)
     rows.append(row("bf16", "train_step", 32, 925, [step["step_s"]], 32, "img/s", None, case="checkpointing",
                     peak_gb=step["peak_gb"]))
-    notes = [f"gpu_bench.py on {torch.cuda.get_device_name(0)}, {time.perf_counter() - started:.0f} s in all; "
-             "train_step is one timed mean of 3 steps (p50 = p95)"]
+    notes.append(f"gpu_bench.py on {torch.cuda.get_device_name(0)}, {time.perf_counter() - started:.0f} s in all; "
+                 "train_step is one timed mean of 3 steps (p50 = p95)")
     results = new_results(args.config, machine_record(), roofline, rows, notes)
     save_results(results, out / "results.json")
     results["rows"] = rows
