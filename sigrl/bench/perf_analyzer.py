@@ -27,7 +27,7 @@ DEFAULT_TOOLS_DIR = Path("tools") / "perf_analyzer"
 MEASUREMENT_FLAGS = ("--measurement-mode", "count_windows", "--measurement-request-count", "50",
                      "-s", "50", "--max-trials", "6")
 QUICK_MEASUREMENT_FLAGS = ("--measurement-mode", "count_windows", "--measurement-request-count", "20",
-                           "-s", "50", "--max-trials", "3")
+                           "-s", "50", "--max-trials", "6")
 
 
 @dataclass

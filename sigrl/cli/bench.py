@@ -70,7 +70,7 @@ def _perf_analyzer_rows(args: argparse.Namespace, url: str, engines: Path, out: 
                                 args.max_concurrency, args.quick)
         except RuntimeError as err:
             notes.append(f"perf_analyzer failed on {case.model} B={case.batch} C={case.classes}: "
-                         f"{str(err).splitlines()[0]}")
+                         f"{str(err).splitlines()[-1]}")
             print(err, file=sys.stderr)
     return rows
 
