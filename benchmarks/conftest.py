@@ -24,7 +24,8 @@ CLASSES = (81, 1006)
 ROUNDS = (3, 50)  # fewest and most timed rounds per case
 
 
-def _csv(value: str) -> list[str]:
+def csv_option(value: str) -> list[str]:
+    """A comma-separated option as a list."""
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
@@ -35,7 +36,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bench-precisions", default=",".join(PRECISIONS), help="comma-separated precisions")
     group.addoption("--bench-quick", action="store_true", help="about 1 s of timed rounds per case instead of 5 s")
     group.addoption("--bench-work", help="folder for the checkpoint and engines (reused between runs)")
-    group.addoption("--bench-triton-url", help="gRPC address of a server already serving the fp32 engines")
+    group.addoption("--bench-triton-url", help="gRPC address of a server already serving the engines")
     group.addoption("--bench-served-precision", default="fp32", help="precision of the served engines")
     group.addoption("--bench-trt-plans", help="folder with <precision>/text_gmc.plan and image_svfr.plan")
     group.addoption("--bench-threads", type=int, help="CPU threads for torch and ONNX Runtime (default: theirs)")
@@ -50,7 +51,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     options = metafunc.config.option
-    axes = {"runtime": _csv(options.bench_runtimes), "precision": _csv(options.bench_precisions),
+    axes = {"runtime": csv_option(options.bench_runtimes), "precision": csv_option(options.bench_precisions),
             "batch": list(BATCHES), "classes": list(CLASSES)}
     for name, values in axes.items():
         if name in metafunc.fixturenames:
@@ -61,6 +62,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def options(request: pytest.FixtureRequest):
     return request.config.option
+
+
+@pytest.fixture(scope="session")
+def asked(options) -> dict[str, list[str]]:
+    """The runtimes and precisions the run asks for."""
+    return {"runtimes": csv_option(options.bench_runtimes), "precisions": csv_option(options.bench_precisions)}
 
 
 @pytest.fixture(scope="session")

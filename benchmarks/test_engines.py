@@ -70,13 +70,13 @@ def test_image_engine(measure, runtimes, gflop, image_size, runtime, precision, 
 
 
 @pytest.mark.parametrize("cache", ["cache-hit", "cache-miss"])
-def test_served_entry(measure, served, options, gflop, image_size, batch, classes, cache):
+def test_served_entry(measure, served, options, asked, gflop, image_size, batch, classes, cache):
     """One gRPC request to ``sigrl``: B PNG images and C label names, the vocabulary cached or new each round.
 
     A hit is decode + transform + image engine; a miss adds server-side tokenisation and the text engine.
     """
     precision = options.bench_served_precision
-    if "triton" not in options.bench_runtimes.split(",") or precision not in options.bench_precisions.split(","):
+    if "triton" not in asked["runtimes"] or precision not in asked["precisions"]:
         pytest.skip(f"triton/{precision} is not among the runtimes and precisions asked for")
     from sigrl.serving.client import SigRLClient
 
