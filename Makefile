@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test params
+.PHONY: install demo test params perf-analyzer bench-quick
 
 install: $(STAMP)
 
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, from its exact pin, so no later requirement can pull a CUDA build
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e ".[cpu,dev,serve]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[cpu,dev,serve,bench]"
 	touch $@
 
 demo: $(STAMP)
@@ -26,3 +26,21 @@ test: $(STAMP)
 
 params: $(STAMP)
 	$(VENV)/bin/sigrl params --config vit-b16
+
+# perf_analyzer 2.51 (matching the bundled Triton) ships in the tritonclient 2.51.0 manylinux wheel, which is
+# installed beside the project, not into .venv (that keeps the pure-Python tritonclient it was tested with).
+# The binary asks for libb64.so.0d and libcudart.so.12 by those names; nvidia-pytriton bundles both under
+# hashed names, so lib/ links them (`sigrl bench` puts lib/ on LD_LIBRARY_PATH).
+PERF_ANALYZER := tools/perf_analyzer
+perf-analyzer: $(PERF_ANALYZER)/lib/libb64.so.0d
+
+$(PERF_ANALYZER)/lib/libb64.so.0d: $(STAMP)
+	$(PY) -m pip install -q --no-deps --target $(PERF_ANALYZER) tritonclient==2.51.0
+	mkdir -p $(PERF_ANALYZER)/lib
+	libs=$$($(PY) -c "from sigrl.serving.server import bundled_libs_dir; print(bundled_libs_dir())") && \
+	ln -sf $$libs/libcudart-*.so.12* $(PERF_ANALYZER)/lib/libcudart.so.12 && \
+	ln -sf $$libs/libb64-*.so.0d $(PERF_ANALYZER)/lib/libb64.so.0d
+	LD_LIBRARY_PATH=$(PERF_ANALYZER)/lib $(PERF_ANALYZER)/bin/perf_analyzer --version
+
+bench-quick: $(STAMP) perf-analyzer
+	$(VENV)/bin/sigrl bench --config tiny --quick --out runs/bench-tiny

@@ -13,9 +13,9 @@ import os
 import sys
 
 from sigrl import __version__
-from sigrl.cli import calibrate, demo, deploy, engines, serving, training
+from sigrl.cli import bench, calibrate, demo, deploy, engines, serving, training
 
-COMMAND_GROUPS = (demo, training, deploy, engines, serving, calibrate)
+COMMAND_GROUPS = (demo, training, deploy, engines, serving, calibrate, bench)
 
 # What a user can fix: bad values (UsageError is a ValueError), missing, unreadable or unwritable files,
 # an address in use or without a server (OSError covers FileNotFoundError, PermissionError, ConnectionError).

@@ -73,7 +73,7 @@ def find_tritonserver() -> Path:
     return _bundled_file("tritonserver", "bin", "tritonserver")
 
 
-def _libs_dir() -> Path:
+def bundled_libs_dir() -> Path:
     """The wheel's vendored shared libraries (``libtritonserver``, ``libcudart``, …), beside ``pytriton``."""
     return _pytriton_root().parent / "nvidia_pytriton.libs"
 
@@ -122,7 +122,7 @@ def server_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     env["PATH"] = os.pathsep.join(filter(None, [str(Path(sys.executable).parent), env.get("PATH")]))
     libdir = sysconfig.get_config_var("LIBDIR")
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
-        filter(None, [libdir, str(_libs_dir()), env.get("LD_LIBRARY_PATH")])
+        filter(None, [libdir, str(bundled_libs_dir()), env.get("LD_LIBRARY_PATH")])
     )
     return env
 

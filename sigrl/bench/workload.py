@@ -1,0 +1,108 @@
+"""What the benchmarks run on: a random-weight checkpoint, its engines per precision, inputs, and runtimes.
+
+Weights are random (seed 0): speed does not depend on them, and no pretrained CLIP is downloaded.
+A runtime or precision this install cannot run raises :class:`Unavailable` with the reason, which
+the suite turns into a skip and ``sigrl bench`` into a note; availability is read from signatures and
+imports, never guessed from a failed call.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sigrl.checkpoint import load_checkpoint, model_payload, save_atomic
+from sigrl.data.synthetic import SyntheticShapes
+from sigrl.deploy import runtimes
+from sigrl.deploy.onnx_export import export_checkpoint
+from sigrl.deploy.runtimes import EngineRuntime, OnnxRuntime, TorchRuntime
+from sigrl.factory import create_model
+from sigrl.serving.measure import png_bytes
+from sigrl.tokenizer import tokenize
+
+EAGER_PRECISIONS = ("fp32", "bf16")
+
+
+class Unavailable(Exception):
+    """A runtime/precision this install or machine cannot run; the message says why."""
+
+
+def _accepts(function: object, parameter: str) -> bool:
+    return parameter in inspect.signature(function).parameters
+
+
+def bench_checkpoint(config: str, work: Path) -> Path:
+    """``work/<config>.pt``: the config with random weights (seed 0), written once and reused."""
+    path = Path(work) / f"{config}.pt"
+    if not path.is_file():
+        torch.manual_seed(0)
+        save_atomic(model_payload(create_model(config), []), path)
+    return path
+
+
+def engines_dir(checkpoint: Path, precision: str) -> Path:
+    """The checkpoint's engines in ``precision``, exported once into ``<checkpoint stem>-engines-<precision>``."""
+    out = checkpoint.parent / f"{checkpoint.stem}-engines-{precision}"
+    if (out / "image_svfr.onnx").is_file() and (out / "text_gmc.onnx").is_file():
+        return out
+    if precision == "fp32":
+        export_checkpoint(checkpoint, out)
+    elif _accepts(export_checkpoint, "precision"):
+        export_checkpoint(checkpoint, out, precision=precision)
+    else:
+        raise Unavailable(f"this sigrl's export has no precision option: only fp32 engines (asked for {precision})")
+    return out
+
+
+def torch_runtime(checkpoint: Path, precision: str, device: str = "cpu") -> TorchRuntime:
+    """Eager PyTorch in ``precision`` (fp32, or bf16 where TorchRuntime can cast the model)."""
+    if precision not in EAGER_PRECISIONS:
+        raise Unavailable(f"eager PyTorch is measured in {', '.join(EAGER_PRECISIONS)} only, not {precision}")
+    if precision == "fp32":
+        return TorchRuntime(load_checkpoint(checkpoint), device)
+    if not _accepts(TorchRuntime, "precision"):
+        raise Unavailable(f"this sigrl's TorchRuntime has no precision argument (asked for {precision})")
+    return TorchRuntime(load_checkpoint(checkpoint), device, precision=precision)
+
+
+def onnx_runtime(checkpoint: Path, precision: str, device: str = "cpu", threads: int | None = None) -> OnnxRuntime:
+    """ONNX Runtime on the checkpoint's engines in ``precision`` (``threads``: intra-op threads, default ORT's)."""
+    return OnnxRuntime(engines_dir(checkpoint, precision), device=device, threads=threads)
+
+
+def tensorrt_runtime(plans: Path | None, precision: str) -> EngineRuntime:
+    """TensorRT plans in ``plans/<precision>/`` on the first GPU, when tensorrt, CUDA and the plans are present."""
+    runtime_class = getattr(runtimes, "TensorRTRuntime", None)
+    if runtime_class is None:
+        raise Unavailable("this sigrl has no TensorRTRuntime")
+    if importlib.util.find_spec("tensorrt") is None:
+        raise Unavailable("tensorrt is not installed (pip install -e '.[gpu]' on a CUDA machine)")
+    if not torch.cuda.is_available():
+        raise Unavailable("TensorRT needs a CUDA device; none is visible")
+    if plans is None or not (Path(plans) / precision).is_dir():
+        raise Unavailable(f"no TensorRT plans for {precision}: pass --bench-trt-plans DIR holding {precision}/*.plan")
+    return runtime_class(Path(plans) / precision, device="cuda:0")
+
+
+def vocabulary(classes: int, salt: str = "") -> list[str]:
+    """``classes`` distinct label names (``salt`` makes a vocabulary the server has not cached)."""
+    return [f"concept number {i}{salt}" for i in range(classes)]
+
+
+def token_ids(classes: int, template: str = "{}", salt: str = "") -> np.ndarray:
+    """CLIP token ids C×77 of :func:`vocabulary`."""
+    return tokenize(vocabulary(classes, salt), template).numpy()
+
+
+def pixel_batch(batch: int, image_size: int) -> np.ndarray:
+    """B×3×H×W float32 standard-normal pixels (already 'normalised'; values do not change the speed)."""
+    return np.random.default_rng(0).standard_normal((batch, 3, image_size, image_size), dtype=np.float32)
+
+
+def png_images(batch: int, image_size: int) -> list[bytes]:
+    """``batch`` real encoded images (synthetic shapes, PNG) for the served entry model."""
+    return [png_bytes(image) for image in SyntheticShapes("test", num_images=batch, image_size=image_size).images]

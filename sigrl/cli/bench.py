@@ -1,0 +1,179 @@
+"""``sigrl bench``: run the pytest-benchmark suite and perf_analyzer, write results.json, report.md and plots."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shlex
+import sys
+from pathlib import Path
+
+import sigrl
+from sigrl.bench.results import PRECISIONS, RUNTIMES
+from sigrl.factory import list_models
+
+# The suite is part of the source tree, not of the installed package: found beside the sigrl folder.
+SUITE = Path(sigrl.__file__).resolve().parent.parent / "benchmarks" / "test_engines.py"
+TOOLS_DIR = SUITE.parent.parent / "tools" / "perf_analyzer"
+
+
+class SkipCollector:
+    """pytest plugin: the reason of every skipped case, so the report says what was not measured."""
+
+    def __init__(self) -> None:
+        self.reasons: dict[str, int] = {}
+
+    def pytest_runtest_logreport(self, report) -> None:  # noqa: ANN001 (pytest hook)
+        if report.skipped and isinstance(report.longrepr, tuple):
+            reason = report.longrepr[2].removeprefix("Skipped: ")
+            self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+
+def _check_setup() -> None:
+    """Fail before any work when the suite or pytest-benchmark is missing or --compare is unreadable."""
+    if not SUITE.is_file():
+        raise FileNotFoundError(f"the benchmark suite {SUITE} is missing: `sigrl bench` runs from a source "
+                                "checkout installed with `pip install -e .` (the benchmarks/ folder is not packaged)")
+    if importlib.util.find_spec("pytest_benchmark") is None:
+        raise FileNotFoundError('pytest-benchmark is not installed: pip install -c constraints.txt -e ".[dev]"')
+
+
+def _perf_analyzer_rows(args: argparse.Namespace, url: str, engines: Path, out: Path, notes: list[str]) -> list:
+    """perf_analyzer over the served engines and entry model with real inputs; a note instead when it cannot run."""
+    from sigrl.bench import perf_analyzer as pa
+    from sigrl.bench import workload
+    from sigrl.deploy.runtimes import OnnxRuntime, prepare_token_ids
+
+    try:
+        binary = pa.find_perf_analyzer(args.perf_analyzer)
+    except FileNotFoundError as err:
+        notes.append(f"perf_analyzer not run: {err}")
+        print(f"sigrl bench: {err}", file=sys.stderr)
+        return []
+    runtime = OnnxRuntime(engines, device="cpu")
+    size = runtime.image_spec.image_size
+    class_sizes = (81,) if args.quick else (81, 1006)
+    cases = []
+    for classes in class_sizes:
+        ids = prepare_token_ids(workload.token_ids(classes))
+        cases.append(pa.text_case(ids))
+        label_emb, graph_emb = runtime.encode_labels(ids)
+        for batch in (1,) if args.quick or classes > 81 else (1, 8):
+            cases.append(pa.image_case(workload.pixel_batch(batch, size), label_emb, graph_emb))
+            cases.append(pa.entry_case(workload.png_images(1, size)[0], workload.vocabulary(classes), batch))
+    rows = []
+    for case in cases:
+        print(f"perf_analyzer: {case.model} B={case.batch} C={case.classes}, concurrency 1..{args.max_concurrency}",
+              flush=True)
+        try:
+            rows += pa.run_case(binary, url, case, out / "perf_analyzer", args.served_precision,
+                                args.max_concurrency, args.quick)
+        except RuntimeError as err:
+            notes.append(f"perf_analyzer failed on {case.model} B={case.batch} C={case.classes}: "
+                         f"{str(err).splitlines()[-1]}")
+            print(err, file=sys.stderr)
+    return rows
+
+
+def _suite_args(args: argparse.Namespace, work: Path, pytest_json: Path) -> list[str]:
+    """pytest arguments that run the suite on the cases ``args`` ask for, JSON with every round to ``pytest_json``."""
+    suite_args = [str(SUITE), "-q", "-rs", "-p", "no:cacheprovider", f"--benchmark-json={pytest_json}",
+                  "--benchmark-save-data", f"--bench-config={args.config}", f"--bench-work={work}",
+                  f"--bench-runtimes={','.join(args.runtimes)}", f"--bench-precisions={','.join(args.precisions)}",
+                  f"--bench-served-precision={args.served_precision}"]
+    if args.quick:
+        suite_args.append("--bench-quick")
+    if args.trt_plans:
+        suite_args.append(f"--bench-trt-plans={args.trt_plans}")
+    if args.threads:
+        suite_args.append(f"--bench-threads={args.threads}")
+    if args.pytest_args:
+        suite_args += shlex.split(args.pytest_args)
+    return suite_args
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    _check_setup()
+    import pytest
+
+    from sigrl.bench import workload
+    from sigrl.bench.flops import gemm_roofline
+    from sigrl.bench.report import compare, render_report, write_plots
+    from sigrl.bench.results import load_results, machine_record, new_results, rows_from_pytest_benchmark, save_results
+
+    old = load_results(args.compare) if args.compare else None
+    out = Path(args.out)
+    work = Path(args.work) if args.work else out / "work"
+    for folder in (out, work):
+        folder.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # before the roofline probe and the suite, which runs in this process
+    machine = machine_record()
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores; probing the GEMM roofline ...", flush=True)
+    roofline = gemm_roofline(seconds=0.5 if args.quick else 2.0)
+    checkpoint = workload.bench_checkpoint(args.config, work)
+    notes = [f"torch and in-process ONNX Runtime used {args.threads} thread(s)"] if args.threads else []
+    pytest_json = out / "pytest-benchmark.json"
+    suite_args = _suite_args(args, work, pytest_json)
+    serve = "triton" in args.runtimes and args.served_precision in args.precisions
+    server = None
+    collector = SkipCollector()
+    perf_rows = []
+    try:
+        if serve:
+            from sigrl.serving.repository import build_repository
+            from sigrl.serving.server import TritonServer
+
+            engines = workload.engines_dir(checkpoint, args.served_precision)
+            repo = build_repository(engines, "python", work / f"repo-{args.served_precision}", overwrite=True)
+            print("starting the bundled Triton server ...", flush=True)
+            server = TritonServer(repo)
+            server.start()
+            suite_args.append(f"--bench-triton-url={server.grpc_url}")
+        code = pytest.main(suite_args, plugins=[collector])
+        if code not in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+            print(f"sigrl bench: error: the benchmark suite failed (pytest exit {int(code)}); see its output above",
+                  file=sys.stderr)
+            return 1
+        if serve and not args.no_perf_analyzer:
+            perf_rows = _perf_analyzer_rows(args, server.grpc_url, engines, out, notes)
+    finally:
+        if server is not None:
+            server.stop()
+    notes += [f"not measured ({count} cases): {reason}" for reason, count in sorted(collector.reasons.items())]
+    rows = rows_from_pytest_benchmark(pytest_json) + perf_rows
+    results = new_results(args.config, machine, roofline, rows, notes)
+    save_results(results, out / "results.json")
+    results["rows"] = rows
+    (out / "report.md").write_text(render_report(results))
+    plots = write_plots(results, out)
+    print(f"{len(rows)} measured cases -> {out / 'results.json'}, {out / 'report.md'}, "
+          f"{', '.join(p.name for p in plots)}")
+    if old is not None:
+        print("\n".join(compare(old, results)))
+    return 0
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``bench`` to the ``sigrl`` parser."""
+    bench = commands.add_parser("bench", help="measure every runtime and precision side by side (JSON, report, plots)")
+    bench.add_argument("--config", required=True, choices=list_models(), help="model configuration (random weights)")
+    bench.add_argument("--out", required=True, help="folder for results.json, report.md, plots and raw outputs")
+    bench.add_argument("--quick", action="store_true", help="short rounds, fewer perf_analyzer cases")
+    bench.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
+    bench.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
+    bench.add_argument("--served-precision", choices=PRECISIONS, default="fp32", help="precision Triton serves")
+    bench.add_argument("--compare", metavar="OLD.json", help="print new/old ratios against an earlier results.json")
+    bench.add_argument("--work", help="folder for checkpoint and engines (default OUT/work; reused between runs)")
+    bench.add_argument("--trt-plans", help="folder with <precision>/text_gmc.plan, image_svfr.plan (GPU)")
+    bench.add_argument("--perf-analyzer", default=str(TOOLS_DIR),
+                       help="perf_analyzer tools folder (make perf-analyzer)")
+    bench.add_argument("--threads", type=int,
+                       help="CPU threads of torch and in-process ONNX Runtime (default: theirs; the served "
+                            "engines keep ONNX Runtime's default). 1 avoids OpenMP stalls on a shared machine")
+    bench.add_argument("--max-concurrency", type=int, default=8, help="perf_analyzer concurrency 1..N")
+    bench.add_argument("--no-perf-analyzer", action="store_true", help="only the pytest-benchmark suite")
+    bench.add_argument("--pytest-args", help="extra pytest arguments for the suite, e.g. \"-k 'image and B1'\"")
+    bench.set_defaults(func=cmd_bench)
