@@ -9,7 +9,6 @@ imports, never guessed from a failed call.
 from __future__ import annotations
 
 import importlib.util
-import inspect
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +30,6 @@ class Unavailable(Exception):
     """A runtime/precision this install or machine cannot run; the message says why."""
 
 
-def _accepts(function: object, parameter: str) -> bool:
-    return parameter in inspect.signature(function).parameters
-
-
 def bench_checkpoint(config: str, work: Path) -> Path:
     """``work/<config>.pt``: the config with random weights (seed 0), written once and reused."""
     path = Path(work) / f"{config}.pt"
@@ -49,12 +44,7 @@ def engines_dir(checkpoint: Path, precision: str) -> Path:
     out = checkpoint.parent / f"{checkpoint.stem}-engines-{precision}"
     if (out / "image_svfr.onnx").is_file() and (out / "text_gmc.onnx").is_file():
         return out
-    if precision == "fp32":
-        export_checkpoint(checkpoint, out)
-    elif _accepts(export_checkpoint, "precision"):
-        export_checkpoint(checkpoint, out, precision=precision)
-    else:
-        raise Unavailable(f"this sigrl's export has no precision option: only fp32 engines (asked for {precision})")
+    export_checkpoint(checkpoint, out, precision=precision)
     return out
 
 
@@ -62,30 +52,25 @@ def torch_runtime(checkpoint: Path, precision: str, device: str = "cpu") -> Torc
     """Eager PyTorch in ``precision`` (fp32, or bf16 where TorchRuntime can cast the model)."""
     if precision not in EAGER_PRECISIONS:
         raise Unavailable(f"eager PyTorch is measured in {', '.join(EAGER_PRECISIONS)} only, not {precision}")
-    if precision == "fp32":
-        return TorchRuntime(load_checkpoint(checkpoint), device)
-    if not _accepts(TorchRuntime, "precision"):
-        raise Unavailable(f"this sigrl's TorchRuntime has no precision argument (asked for {precision})")
     return TorchRuntime(load_checkpoint(checkpoint), device, precision=precision)
 
 
 def onnx_runtime(checkpoint: Path, precision: str, device: str = "cpu", threads: int | None = None) -> OnnxRuntime:
     """ONNX Runtime on the checkpoint's engines in ``precision`` (``threads``: intra-op threads, default ORT's)."""
+    if precision == "bf16" and device == "cpu":
+        raise Unavailable("ONNX Runtime's CPU provider has no bf16 kernels (bf16 engines run on TensorRT or CUDA)")
     return OnnxRuntime(engines_dir(checkpoint, precision), device=device, threads=threads)
 
 
 def tensorrt_runtime(plans: Path | None, precision: str) -> EngineRuntime:
     """TensorRT plans in ``plans/<precision>/`` on the first GPU, when tensorrt, CUDA and the plans are present."""
-    runtime_class = getattr(runtimes, "TensorRTRuntime", None)
-    if runtime_class is None:
-        raise Unavailable("this sigrl has no TensorRTRuntime")
     if importlib.util.find_spec("tensorrt") is None:
         raise Unavailable("tensorrt is not installed (pip install -e '.[gpu]' on a CUDA machine)")
     if not torch.cuda.is_available():
         raise Unavailable("TensorRT needs a CUDA device; none is visible")
     if plans is None or not (Path(plans) / precision).is_dir():
         raise Unavailable(f"no TensorRT plans for {precision}: pass --bench-trt-plans DIR holding {precision}/*.plan")
-    return runtime_class(Path(plans) / precision, device="cuda:0")
+    return runtimes.TensorRTRuntime(Path(plans) / precision, device="cuda:0")
 
 
 def vocabulary(classes: int, salt: str = "") -> list[str]:
