@@ -163,7 +163,8 @@ def test_single_positive_training_with_em_apl_on_voc_layout(tmp_path, monkeypatc
         precisions.append(kwargs.get("precision"))
         return predict(*args, **kwargs)
 
-    monkeypatch.setattr("sigrl.training.train.predict", recording_predict)
+    # sigrl.training.train (the attribute) is the train function; the module is only in sys.modules
+    monkeypatch.setattr(sys.modules["sigrl.training.train"], "predict", recording_predict)
     train(config)
     assert precisions == ["fp32"] * 6  # EM_APL pseudo-labels are scored in fp32, once per epoch
     labeler = read_checkpoint(tmp_path / "run" / "last.pt")["train"]["labeler"]
