@@ -50,7 +50,9 @@ def test_eval_command_takes_the_precision_flag(trained_tiny, capsys):
     assert sigrl_main(["eval", "--checkpoint", checkpoint, "--split", "val", "--precision", "bf16"]) == 0
     assert "synthetic val" in fp32 and "synthetic val" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        sigrl_main(["eval", "--checkpoint", checkpoint, "--precision", "fp16"])
+        sigrl_main(["eval", "--checkpoint", checkpoint, "--precision", "fp8"])
+    assert sigrl_main(["eval", "--checkpoint", checkpoint, "--precision", "int8"]) == 2  # int8 is an engine precision
+    assert "unknown precision 'int8'" in capsys.readouterr().err
 
 
 @pytest.mark.gpu
