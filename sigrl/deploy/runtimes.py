@@ -223,6 +223,9 @@ def create_runtime(kind: str, *, model: SigRL | None = None, engines: str | Path
     if kind == "torch":
         if model is None:
             raise ValueError("the torch runtime needs a checkpoint")
+        if precision == "int8":
+            raise ValueError("int8 is a precision of exported engines (ONNX Runtime), not of the PyTorch model: "
+                             "export with --precision int8 and pass --engines")
         torch_device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         return TorchRuntime(model, torch_device, precision or "fp32")
     if engines is None:
