@@ -22,9 +22,13 @@ Secure defaults (what a local user or a remote client could otherwise do to the 
 
 * the shared-memory, logging, model-repository and trace APIs are restricted on HTTP and gRPC
   (Triton's ``--http-restricted-api`` / ``--grpc-restricted-protocol``): a request must carry the
-  header ``sigrl-admin-key`` with the operator's key; without a key they are closed to everyone (the
+  operator's key in the HTTP header ``sigrl-admin-key`` (gRPC metadata
+  ``triton-grpc-protocol-sigrl-admin-key``); without a key they are closed to everyone (the
   expected value contains a line break, which no HTTP header or gRPC metadata value can carry);
-* Triton and its stubs run with umask 077, so their ``/dev/shm`` regions are private to this user;
+* the python stubs' ``/dev/shm`` regions (which carry request data) are made private to this user
+  (mode 0600) as soon as they appear: the python backend creates them world-readable (0644, whatever
+  the umask), so a local process that opens one in the first moments keeps its handle; see
+  :meth:`TritonServer.protect_shared_memory`;
 * Triton gets a parent-death signal: it dies with the process that started it, however that dies;
 * Triton's log is kept when the server dies on its own (:attr:`TritonServer.kept_log`).
 """
@@ -183,7 +187,7 @@ class TritonServer:
         self.metrics_port = metrics_port
         self.shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:8]}_"
         self._log_file = None if log_file is None else Path(log_file).resolve()
-        self.kept_log: Path | None = None
+        self.kept_log: Path | None = None  # the last log kept by stop()
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._stubs: dict[int, str] = {}
@@ -299,7 +303,6 @@ class TritonServer:
         workdir = Path(self._workdir.name)
         self.grpc_port, self.http_port, self.metrics_port = (
             self._fixed_ports[flag] or free_port(self.host) for flag in ("grpc", "http", "metrics"))
-        self.kept_log = None
         try:
             with open(self.log_path, "ab") as log:  # the child keeps its own handle
                 self._proc = subprocess.Popen(
@@ -322,11 +325,27 @@ class TritonServer:
         """Poll readiness until ``timeout``; RuntimeError with the log tail if ``proc`` exits or times out."""
         deadline = time.monotonic() + timeout
         while not self.is_ready():
+            self.protect_shared_memory()
             code = proc.poll()
             if code is not None or time.monotonic() > deadline:
                 reason = f"exited with code {code}" if code is not None else f"was not ready after {timeout:g} s"
                 raise RuntimeError(f"tritonserver {reason}, serving {self.repo}. Log tail:\n{self.log_tail()}")
-            time.sleep(0.1)
+            time.sleep(0.02)
+        self.protect_shared_memory()
+
+    def protect_shared_memory(self) -> None:
+        """Make this server's ``/dev/shm`` regions readable and writable by this user only.
+
+        The python backend creates them with mode 0644 (boost.interprocess sets the mode after creating
+        the file, so a umask does not help); a region holds the requests and responses of its stub.
+        Called while waiting for the server and by every health check (a restarted stub makes new ones).
+        """
+        for path in SHM_DIR.glob(f"{self.shm_prefix}*"):
+            try:
+                if path.stat().st_mode & 0o077:
+                    path.chmod(0o600)
+            except FileNotFoundError:
+                continue
 
     def dead_stubs(self) -> list[str]:
         """Model instances whose python stub has died since the server became ready.
@@ -337,6 +356,7 @@ class TritonServer:
 
     def is_healthy(self) -> bool:
         """Running, ready and no python stub dead."""
+        self.protect_shared_memory()
         return self._proc is not None and self._proc.poll() is None and self.is_ready() and not self.dead_stubs()
 
     def restart(self, timeout: float = 300) -> None:
@@ -356,12 +376,10 @@ class TritonServer:
         was started in the background by a shell, which marks SIGINT ignored for it); whatever is left of the process
         group after ~10 s is killed, and ``/dev/shm`` files with this server's prefix are removed. The log in
         the work folder is kept (:attr:`kept_log`) when ``keep_log`` is true, or by default when the server
-        had died on its own.
+        did not exit cleanly (it died on its own, or had to be killed).
         """
         proc, self._proc = self._proc, None
         if proc is not None:
-            if keep_log is None:
-                keep_log = proc.poll() is not None
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:
@@ -369,6 +387,8 @@ class TritonServer:
                 except subprocess.TimeoutExpired:
                     pass
             _kill_group(proc)
+            if keep_log is None:  # Triton exits with 0 when SIGTERM stops it cleanly
+                keep_log = proc.returncode != 0
         for path in SHM_DIR.glob(f"{self.shm_prefix}*"):
             path.unlink(missing_ok=True)
         self._stubs = {}
@@ -423,7 +443,7 @@ def is_loopback(host: str) -> bool:
 
 
 def _child_setup() -> None:
-    """Run in the Triton child before exec: private files (shm regions, logs) and death with its parent.
+    """Run in the Triton child before exec: private files (its log, model outputs) and death with its parent.
 
     ``PR_SET_PDEATHSIG`` sends SIGKILL to Triton when the thread that started it dies, whatever kills
     it (``kill -9`` included); the python stubs notice their dead server and exit on their own.
@@ -457,6 +477,17 @@ def stub_processes(server_pid: int) -> dict[int, str]:
     return stubs
 
 
+def _command_lines() -> str:
+    """The command lines of all processes, one per line."""
+    lines = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            lines.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue
+    return "\n".join(lines)
+
+
 def remove_stale_shared_memory(owner: int | None = None) -> list[Path]:
     """Remove this user's ``/dev/shm`` regions left by servers whose starting process is gone; return them.
 
@@ -464,10 +495,13 @@ def remove_stale_shared_memory(owner: int | None = None) -> list[Path]:
     """
     removed = []
     owner = os.getuid() if owner is None else owner
+    in_use = _command_lines()  # an orphaned server (of older code) may still run: leave its regions
     for path in SHM_DIR.glob(f"{SHM_PREFIX}*"):
-        pid = path.name[len(SHM_PREFIX):].split("_", 1)[0]
+        starter, _, rest = path.name[len(SHM_PREFIX):].partition("_")
+        prefix = f"{SHM_PREFIX}{starter}_{rest.partition('_')[0]}_"
         try:
-            if pid.isdigit() and path.stat().st_uid == owner and not _alive(int(pid)):
+            if (starter.isdigit() and path.stat().st_uid == owner and not _alive(int(starter))
+                    and prefix not in in_use):
                 path.unlink()
                 removed.append(path)
         except OSError:
