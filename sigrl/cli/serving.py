@@ -52,6 +52,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         kept = f"; full log: {server.kept_log}" if server.kept_log else ""
         print(f"sigrl serve: error: {err}{kept}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # start() has stopped what it started
+        return 130
     try:
         print(f"Triton ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}, "
               f"log {server.log_path} (Ctrl-C stops it)", flush=True)

@@ -281,7 +281,7 @@ class BoundedCache(dict):
 
 def prompt_overhead(template: str) -> int:
     """Tokens a prompt of ``template`` has besides the label name's (start and end tokens included)."""
-    return int(tokenize(["x"], template)[0].argmax()) + 1 - 1  # "x" is one token
+    return int(tokenize(["x"], template)[0].argmax())  # the EOT position: the prompt's length less "x"
 
 
 def max_label_tokens(template: str) -> int:
