@@ -317,7 +317,7 @@ def _bad_requests(good: bytes) -> dict[str, tuple[list[grpcclient.InferInput], s
         "request bytes": (entry_inputs([b"x" * (MAX_IMAGE_BYTES - 1)] * 3, ["a"]),
                           f"{3 * (MAX_IMAGE_BYTES - 1)} bytes in all, over the limit of {MAX_REQUEST_BYTES}"),
         "label characters": (entry_inputs([good], ["a", "q" * 100_000]), "label 1 is over the limit of 200 char"),
-        "label tokens": (entry_inputs([good], ["a", "dog " * 60]), "label 1 has 60 tokens, over the limit of 40"),
+        "label tokens": (entry_inputs([good], ["a", "dog " * 45]), "label 1 has 45 tokens, over the limit of 40"),
         "same prompt after normalisation": (entry_inputs([good], ["Red circle", "blue", "red  CIRCLE"]),
                                             "labels 0 ('Red circle') and 2 ('red  CIRCLE') are the same prompt"),
         "special token": (entry_inputs([good], ["<start_of_text>"]), "label 0 contains a special token"),
