@@ -521,3 +521,18 @@ def test_token_ids_must_be_tokenized_prompts(row, message):
     else:
         with pytest.raises(RequestError, match=message):
             check_token_ids(ids, 49408, 49406, 49407)
+
+
+def test_triton_repo_command_sets_the_caps_and_the_queue_delay(fake_engines, tmp_path, capsys):
+    from sigrl.cli import main
+
+    assert main(["triton-repo", "--engines", str(fake_engines), "--out", str(tmp_path / "repo"),
+                 "--max-label-chars", "50", "--max-request-pixels", "1000000", "--queue-delay-us", "100"]) == 0
+    entry = read_config(tmp_path / "repo", "sigrl")
+    params = params_of(entry)
+    assert (params["max_label_chars"], params["max_request_pixels"], params["max_image_bytes"]) == (
+        "50", "1000000", str(20 * 2**20))
+    assert entry.dynamic_batching.max_queue_delay_microseconds == 100
+    assert main(["triton-repo", "--engines", str(fake_engines), "--out", str(tmp_path / "bad"),
+                 "--max-label-tokens", "500"]) == 2
+    assert "max_label_tokens must be in [1, 67], got 500" in capsys.readouterr().err
