@@ -3,7 +3,8 @@
 For each config: random weights are exported (or ``--engines`` is reused), a python-runtime repository
 is built, the bundled Triton server is started, and the same request (one PNG image, C labels, the
 vocabulary already cached) is timed through ``sigrl``'s entry model and through
-:class:`~sigrl.serving.measure.InProcessTagger` (decode + transform + image engine, same engines).
+:class:`~sigrl.serving.measure.InProcessTagger` (decode + transform + image engine, same engines), the two
+in turns so that load on the machine slows both alike.
 Throughput is requests/s with ``--concurrency`` client threads. Prints a table; asserts nothing.
 Example: ``python benchmarks/serving_latency.py --config tiny vit-b16 --classes 81``.
 """
@@ -22,7 +23,7 @@ from sigrl.checkpoint import model_payload, save_atomic
 from sigrl.data.synthetic import SyntheticShapes
 from sigrl.deploy.onnx_export import export_checkpoint
 from sigrl.serving.client import SigRLClient
-from sigrl.serving.measure import InProcessTagger, latency, png_bytes, throughput
+from sigrl.serving.measure import InProcessTagger, interleaved_latency, png_bytes, throughput
 from sigrl.serving.repository import build_repository
 from sigrl.serving.server import TritonServer
 
@@ -42,8 +43,9 @@ def measure(config: str, engines: Path | None, work: Path, classes: int, repeats
         client = SigRLClient(server.grpc_url)
         served_scores, _ = client.infer(image, labels)
         parity = float(np.abs(served_scores - local.scores(image, labels)).max())
-        served = latency(lambda: client.infer(image, labels), repeats)
-        local_ms = latency(lambda: local.scores(image, labels), repeats)
+        timed = interleaved_latency({"served": lambda: client.infer(image, labels),
+                                     "local": lambda: local.scores(image, labels)}, repeats)
+        served, local_ms = timed["served"], timed["local"]
         clients = [SigRLClient(server.grpc_url) for _ in range(concurrency)]
         served_rps = throughput(lambda: clients[np.random.randint(concurrency)].infer(image, labels),
                                 repeats * concurrency, concurrency)

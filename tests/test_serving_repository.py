@@ -23,6 +23,7 @@ from sigrl.data.transforms import build_transform
 from sigrl.deploy.engines import engine_specs
 from sigrl.deploy.onnx_export import engine_metadata
 from sigrl.deploy.tensorrt import BUILD_RECORD, TENSORRT_10, BuildOptions, describe_build
+from sigrl.deploy.runtimes import prepare_token_ids
 
 pytest.importorskip("tritonclient.grpc", reason='needs tritonclient (pip install -c constraints.txt -e ".[serve]")')
 
@@ -31,10 +32,12 @@ from tritonclient.grpc import model_config_pb2  # noqa: E402
 from sigrl.serving import repository as repository_module  # noqa: E402
 from sigrl.serving.backend import (  # noqa: E402
     EntryLimits,
-    PreprocessModel,
+    ImagePreprocessor,
     RequestError,
     VocabularyCache,
     group_by_vocabulary,
+    PromptTokenizer,
+    check_token_ids,
     parse_request,
     top_k,
     validate_images,
@@ -44,7 +47,7 @@ from sigrl.serving.backend import (  # noqa: E402
 from sigrl.serving.repository import build_repository  # noqa: E402
 
 VOCABULARY = ["red circle", "blue square", "green triangle", "café"]
-MODELS = ["image_svfr", "preprocess", "sigrl", "text_gmc"]
+MODELS = ["image_svfr", "sigrl", "text_gmc"]
 ModelConfig = model_config_pb2.ModelConfig
 DataType = model_config_pb2.DataType
 Kind = model_config_pb2.ModelInstanceGroup.Kind
@@ -131,10 +134,11 @@ def test_every_runtime_writes_parseable_configs(runtime, plan_engines, tmp_path)
     for config in (text, image):
         assert [(g.kind, g.count) for g in config.instance_group] == [(kind, 1)]
         assert len(config.model_warmup) == 1 and config.model_warmup[0].batch_size == 1
-    warm_text = text.model_warmup[0].inputs["token_ids"]
-    assert (warm_text.data_type, list(warm_text.dims), warm_text.zero_data) == (int32, [1, 2], True)
-    warm_images = image.model_warmup[0].inputs["images"]
-    assert (list(warm_images.dims), warm_images.random_data) == ([1, 3, 64, 64], True)
+    warm_text = text.model_warmup[0].inputs["token_ids"]  # an empty prompt: start and end token
+    assert (warm_text.data_type, list(warm_text.dims), warm_text.input_data_file) == (int32, [1, 2], "token_ids")
+    assert np.frombuffer((repo / "text_gmc" / "warmup" / "token_ids").read_bytes(), "<i4").tolist() == [49406, 49407]
+    warm_images = image.model_warmup[0].inputs["images"]  # zeros: Triton's random data can be NaN
+    assert (list(warm_images.dims), warm_images.zero_data) == ([1, 3, 64, 64], True)
     assert sorted(image.model_warmup[0].inputs) == ["graph_emb", "images", "label_emb"]
 
     backend = {"python": ("python", ""), "onnxruntime": ("", "onnxruntime_onnx"), "tensorrt": ("", "tensorrt_plan")}
@@ -149,36 +153,31 @@ def test_every_runtime_writes_parseable_configs(runtime, plan_engines, tmp_path)
         source = "text_gmc.onnx" if runtime == "python" else "model.onnx"
         assert (repo / "text_gmc" / "1" / source).read_bytes() == (plan_engines / "text_gmc.onnx").read_bytes()
 
-    # preprocess: batched bytes → pixels, with the engines' preprocessing parameters
-    pre = configs["preprocess"]
-    assert (pre.backend, pre.max_batch_size, pre.HasField("dynamic_batching")) == ("python", 16, True)
-    assert inputs_of(pre) == {"image": (string, [1], False, False)}
-    assert outputs_of(pre) == {"pixels": (fp32, [3, 64, 64])}
-    preprocess = json.loads(params_of(pre)["preprocess"])
-    assert preprocess["image_size"] == 64 and preprocess["mean"] == [0.485, 0.456, 0.406]
-
-    # the entry model: batched, ragged optional labels, caps in its parameters
+    # the entry model: batched (no delay), ragged optional labels, caps and preprocessing in its parameters
     entry = configs["sigrl"]
     assert (entry.backend, entry.max_batch_size) == ("python", 16)
-    assert entry.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert entry.HasField("dynamic_batching") and entry.dynamic_batching.max_queue_delay_microseconds == 0
     assert inputs_of(entry) == {"image": (string, [1], False, False), "labels": (string, [-1], True, True),
                                   "top_k": (int32, [1], True, False)}
     assert outputs_of(entry) == {"scores": (fp32, [-1]), "top_labels": (string, [-1]),
                                    "top_scores": (fp32, [-1])}
     assert [(g.kind, g.count) for g in entry.instance_group] == [(Kind.KIND_CPU, 1)]
-    assert params_of(entry) == {"max_image_bytes": "1000", "max_labels": "100", "cache_size": "7",
-                                "default_top_k": "5", "default_vocabulary": json.dumps(VOCABULARY, ensure_ascii=False)}
+    params = params_of(entry)
+    preprocess = json.loads(params.pop("preprocess"))
+    assert preprocess["image_size"] == 64 and preprocess["mean"] == [0.485, 0.456, 0.406]
+    assert params == {"max_image_bytes": "1000", "max_request_bytes": str(32 * 2**20),
+                      "max_image_pixels": "25000000", "max_request_pixels": "50000000", "max_labels": "100",
+                      "max_label_chars": "200", "max_label_tokens": "67", "default_top_k": "5", "cache_size": "7",
+                      "tokenizer_cache_size": "10000",
+                      "default_vocabulary": json.dumps(VOCABULARY, ensure_ascii=False)}
     settings = json.loads((repo / "sigrl" / "1" / "sigrl.json").read_text(encoding="utf-8"))
     assert settings == {"vocabulary": VOCABULARY, "prompt_template": sigrl.DEFAULT_TEMPLATE}
-    for name in ("preprocess", "sigrl"):
-        assert sorted(p.name for p in (repo / name / "1").iterdir()) == sorted(
-            ["model.py"] + (["sigrl.json"] if name == "sigrl" else []))
+    assert sorted(p.name for p in (repo / "sigrl" / "1").iterdir()) == ["model.py", "sigrl.json"]
 
 
 def test_model_py_shims_import_the_package_classes(fake_engines, tmp_path):
     repo = build_repository(fake_engines, "python", tmp_path / "repo")
-    classes = {"text_gmc": "TextGMCModel", "image_svfr": "ImageSVFRModel", "preprocess": "PreprocessModel",
-               "sigrl": "SigRLModel"}
+    classes = {"text_gmc": "TextGMCModel", "image_svfr": "ImageSVFRModel", "sigrl": "SigRLModel"}
     for name, cls in classes.items():
         shim = (repo / name / "1" / "model.py").read_text()
         assert len(shim.splitlines()) == 2
@@ -200,6 +199,9 @@ def test_default_max_labels_is_the_engines_class_range(fake_engines, tmp_path):
         ({"max_batch": 33}, r"max_batch must be in \[1, 32\], got 33"),
         ({"max_labels": 1025}, r"max_labels must be in \[1, 1024\]"),
         ({"max_image_bytes": 0}, r"max_image_bytes must be >= 1"),
+        ({"max_request_pixels": 0}, r"max_request_pixels must be >= 1"),
+        ({"max_label_tokens": 68}, r"max_label_tokens must be in \[1, 67\], got 68"),
+        ({"queue_delay_us": -1}, r"queue_delay_us must be >= 0"),
         ({"cache_size": -1}, r"cache_size must be >= 0"),
         ({"default_top_k": 0}, r"default_top_k must be >= 1"),
     ],
@@ -273,7 +275,7 @@ def test_preprocessing_other_than_the_evaluation_transform_is_refused(fake_engin
 
 def test_strings_are_escaped_in_configs():
     """Parameter values are protobuf string literals: quotes, backslashes and non-ASCII survive."""
-    config = repository_module.preprocess_model_config(64, {"note": 'a "quoted" \\ café\nline'}, 4)
+    config = repository_module.entry_model_config(4, EntryLimits(), 1, 1, {"note": 'a "quoted" \\ café\nline'})
     parsed = text_format.Parse(config, ModelConfig())
     assert json.loads(params_of(parsed)["preprocess"]) == {"note": 'a "quoted" \\ café\nline'}
 
@@ -326,6 +328,17 @@ def test_images_must_be_present_and_within_the_size_cap():
         validate_images(np.array([[b"abc"], [b""]], dtype=object), 10)
 
 
+def test_label_length_request_bytes_and_a_missing_image_are_named():
+    with pytest.raises(RequestError, match="label 1 is 11 characters, over the limit of 10"):
+        validate_labels(labels("a", "b" * 11), 4, max_label_chars=10)
+    with pytest.raises(RequestError, match="label 0 is over the limit of 10 characters"):
+        validate_labels(labels("x" * 100_000), 4, max_label_chars=10)  # refused before decoding
+    with pytest.raises(RequestError, match="5 bytes in all, over the limit of 4 bytes per request"):
+        validate_images(np.array([[b"abc"], [b"de"]], dtype=object), 3, 4)
+    with pytest.raises(RequestError, match="the required input 'image' is missing"):
+        validate_images(None, 3, 4)
+
+
 def test_top_k_defaults_and_must_be_positive_and_shared():
     assert validate_top_k(None, 5) == 5
     assert validate_top_k(np.array([[3], [3]], dtype=np.int32), 5) == 3
@@ -336,7 +349,7 @@ def test_top_k_defaults_and_must_be_positive_and_shared():
 
 
 def test_parse_request_falls_back_to_the_default_vocabulary():
-    limits = EntryLimits(max_image_bytes=100, max_labels=10, default_top_k=2)
+    limits = EntryLimits(max_image_bytes=100, max_request_bytes=100, max_labels=10, default_top_k=2)
     image = np.array([[b"img"]], dtype=object)
     entry = parse_request(image, None, None, limits, ("x", "y"))
     assert (entry.images, entry.labels, entry.top_k) == ([b"img"], ("x", "y"), 2)
@@ -391,39 +404,131 @@ def test_top_k_is_best_first_stable_and_clipped():
 
 
 @pytest.fixture(scope="module")
-def preprocess_model(fake_engines, tmp_path_factory) -> PreprocessModel:
-    """The ``preprocess`` model initialised from a built repository's config, outside Triton."""
+def preprocessor(fake_engines, tmp_path_factory) -> ImagePreprocessor:
+    """The entry model's preprocessing from a built repository's config, outside Triton (caps: 10k pixels per image, 12k per request)."""
     repo = build_repository(fake_engines, "python", tmp_path_factory.mktemp("pre") / "repo")
-    config = read_config(repo, "preprocess")
-    model_config = json.dumps({"parameters": {k: {"string_value": v} for k, v in params_of(config).items()}})
-    model = PreprocessModel()
-    model.initialize({"model_config": model_config, "model_repository": str(repo / "preprocess"),
-                      "model_version": "1"})
-    return model
+    return ImagePreprocessor(json.loads(params_of(read_config(repo, "sigrl"))["preprocess"]), 10_000, 12_000)
 
 
-def test_preprocess_is_exactly_the_evaluation_transform(preprocess_model):
+def test_preprocess_is_exactly_the_evaluation_transform(preprocessor):
     images = [png_bytes((80, 60), 0), png_bytes((50, 90), 1)]
     transform = build_transform(64, False, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     expected = np.stack([transform(Image.open(io.BytesIO(b)).convert("RGB")).numpy() for b in images])
-    pixels = preprocess_model.pixels(images)
+    pixels = preprocessor.pixels(images)
     assert pixels.shape == (2, 3, 64, 64) and pixels.dtype == np.float32
     np.testing.assert_array_equal(pixels, expected)
 
 
-def test_preprocess_converts_grey_and_rgba_to_rgb(preprocess_model):
+def encoded(image: Image.Image, format: str = "PNG", **options) -> bytes:
     buffer = io.BytesIO()
-    Image.new("LA", (70, 70), (128, 200)).save(buffer, format="PNG")
-    assert preprocess_model.pixels([buffer.getvalue()]).shape == (1, 3, 64, 64)
+    image.save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+def test_images_are_decoded_as_displayed(preprocessor):
+    """Every mode is read as a viewer shows it: the reference is the displayed RGB image, saved as plain RGB."""
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (40, 70, 3), dtype=np.uint8)
+    upright = encoded(Image.fromarray(rgb))
+    white = encoded(Image.new("RGB", (70, 40), (255, 255, 255)))
+    grey = rng.integers(0, 256, (40, 70), dtype=np.uint8)
+    grey16 = grey.astype(np.uint16) * 257  # the same grey levels in 16 bits
+    cases = {
+        # stored rotated by 90 degrees with the EXIF orientation tag that displays it upright
+        "EXIF orientation": (encoded(Image.fromarray(np.rot90(rgb, 1).copy()), exif=_orientation(6)), upright),
+        "16-bit grey (I;16)": (encoded(Image.fromarray(grey16)), encoded(Image.fromarray(grey).convert("RGB"))),
+        "RGBA fully transparent": (encoded(Image.fromarray(np.dstack([rgb, np.zeros((40, 70), np.uint8)]))), white),
+        "LA fully transparent": (encoded(Image.fromarray(np.dstack([grey, np.zeros_like(grey)]), "LA")), white),
+        "P with a transparent index": (encoded(Image.new("P", (70, 40), 0), transparency=0), white),
+        "P opaque": (encoded(Image.fromarray(rgb).quantize(16)),
+                     encoded(Image.fromarray(rgb).quantize(16).convert("RGB"))),
+        "CMYK JPEG": (encoded(Image.new("CMYK", (70, 40), (0, 0, 0, 0)), "JPEG", quality=100), white),
+    }
+    for name, (data, reference) in cases.items():
+        np.testing.assert_allclose(preprocessor.pixels([data]), preprocessor.pixels([reference]), atol=0.02,
+                                   err_msg=name)
+
+
+def _orientation(value: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return exif
 
 
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (b"definitely not an image", "image 1 is not in an image format this server reads"),
+        (b"definitely not an image", "image 1 is not in a format this server reads"),
         (png_bytes()[:200], "image 1 cannot be decoded"),  # a truncated PNG
+        (png_bytes((101, 100)), "image 1 is 101x100 pixels, over the limit of 10000 pixels per image"),
+        (png_bytes((100, 80)), "the images of this request have 12800 pixels in all, over the limit of 12000"),
+        (encoded(Image.new("F", (8, 8)), "TIFF"), "image 1 is not in a format this server reads"),
     ],
 )
-def test_preprocess_names_the_image_it_cannot_decode(preprocess_model, data, message):
+def test_preprocess_names_the_image_it_refuses(preprocessor, data, message):
     with pytest.raises(RequestError, match=message):
-        preprocess_model.pixels([png_bytes(), data])
+        preprocessor.pixels([png_bytes(), data])
+
+
+# ------------------------------------------------------------------------------ tokens
+
+
+def test_prompt_tokenizer_refuses_what_the_text_engine_would_not_see_as_asked():
+    tokenizer = PromptTokenizer(sigrl.DEFAULT_TEMPLATE, 67, 1000)
+    ids = tokenizer.token_ids(("dog", "red fish"))
+    np.testing.assert_array_equal(ids, prepare_token_ids(sigrl.tokenize(["dog", "red fish"])))
+    for labels, message in [
+        (("Cat", "dog", "cat"), r"labels 0 \('Cat'\) and 2 \('cat'\) are the same prompt"),
+        (("a  b", "a b"), "are the same prompt"),
+        (("fish &amp; chips", "fish & chips"), "are the same prompt"),
+        (("ok", "x <end_of_text> y"), "label 1 contains a special token"),
+        (("dog " * 67,), "label 0 has 67 tokens, over the limit of 60 tokens"),
+        (("dog " * 100,), "label 0 has more tokens than fit the text encoder"),
+    ]:
+        with pytest.raises(RequestError, match=message):
+            PromptTokenizer(sigrl.DEFAULT_TEMPLATE, 60, 1000).token_ids(labels)
+
+
+def test_the_tokenizer_word_cache_is_bounded():
+    tokenizer = PromptTokenizer(sigrl.DEFAULT_TEMPLATE, 67, 1000)
+    cache = tokenizer.clip.cache
+    tokenizer.token_ids(tuple(f"word{i}x" for i in range(1500)))
+    assert len(cache) <= cache.capacity + 2 and "<end_of_text>" in cache and "<start_of_text>" in cache
+    np.testing.assert_array_equal(tokenizer.token_ids(("dog",)), prepare_token_ids(sigrl.tokenize(["dog"])))
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ([49406, 1000, 49407, 0], None),
+        ([49406, 49408, 49407, 0], r"token_ids\[0, 1\] is 49408, outside the vocabulary \[0, 49408\)"),
+        ([49406, -1, 49407, 0], r"token_ids\[0, 1\] is -1"),
+        ([1000, 1000, 49407, 0], "row 0 is not a tokenized prompt"),
+        ([49406, 1000, 1000, 0], "row 0 is not a tokenized prompt"),
+        ([49406, 49407, 49407, 0], "row 0 is not a tokenized prompt"),
+        ([49406, 49407, 0, 5], "row 0 is not a tokenized prompt"),
+        ([49406, 49406, 49407, 0], "row 0 is not a tokenized prompt"),
+    ],
+)
+def test_token_ids_must_be_tokenized_prompts(row, message):
+    ids = np.array([row], np.int32)
+    if message is None:
+        check_token_ids(ids, 49408, 49406, 49407)
+    else:
+        with pytest.raises(RequestError, match=message):
+            check_token_ids(ids, 49408, 49406, 49407)
+
+
+def test_triton_repo_command_sets_the_caps_and_the_queue_delay(fake_engines, tmp_path, capsys):
+    from sigrl.cli import main
+
+    assert main(["triton-repo", "--engines", str(fake_engines), "--out", str(tmp_path / "repo"),
+                 "--max-label-chars", "50", "--max-request-pixels", "1000000", "--queue-delay-us", "100"]) == 0
+    entry = read_config(tmp_path / "repo", "sigrl")
+    params = params_of(entry)
+    assert (params["max_label_chars"], params["max_request_pixels"], params["max_image_bytes"]) == (
+        "50", "1000000", str(20 * 2**20))
+    assert entry.dynamic_batching.max_queue_delay_microseconds == 100
+    assert main(["triton-repo", "--engines", str(fake_engines), "--out", str(tmp_path / "bad"),
+                 "--max-label-tokens", "500"]) == 2
+    assert "max_label_tokens must be in [1, 67], got 500" in capsys.readouterr().err

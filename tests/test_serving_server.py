@@ -6,11 +6,18 @@ server is checked with the real ``tritonclient`` over gRPC and HTTP.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
+import subprocess
 import sys
 import sysconfig
 import textwrap
+import time
+import urllib.error
+import urllib.request
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +27,17 @@ pytest.importorskip("pytriton", reason='needs nvidia-pytriton (pip install -c co
 
 import tritonclient.grpc as grpcclient  # noqa: E402  (nvidia-pytriton depends on tritonclient[grpc,http])
 import tritonclient.http as httpclient  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from sigrl.serving import server as server_module  # noqa: E402
-from sigrl.serving.server import TritonServer, find_tritonserver, server_env  # noqa: E402
+from sigrl.serving.server import (  # noqa: E402
+    TritonServer,
+    find_tritonserver,
+    free_port,
+    is_loopback,
+    server_env,
+    stub_processes,
+)
 
 ADD_ONE_CONFIG = """\
 name: "{name}"
@@ -200,7 +215,7 @@ def test_fixed_port_in_use_is_reported(tmp_path):
         holder.listen()
         port = holder.getsockname()[1]
         server = TritonServer(write_add_one_repo(tmp_path / "repo"), http_port=port)
-        with pytest.raises(RuntimeError, match=f"port {port} on 127.0.0.1 is not free"):
+        with pytest.raises(RuntimeError, match=f"http port {port} on 127.0.0.1 is not free"):
             server.start()
     assert_nothing_left(server)
 
@@ -221,7 +236,7 @@ def test_picked_port_taken_before_bind_is_retried(tmp_path, monkeypatch):
         monkeypatch.setattr(server_module, "free_port", free_port_losing_the_first_race)
         with TritonServer(write_add_one_repo(tmp_path / "repo")) as server:
             assert server.is_ready()
-            assert len(picked) == 4  # two ports for the failed attempt, two for the one that started
+            assert len(picked) == 6  # gRPC, HTTP and metrics ports for the failed attempt and the one that started
             assert taken not in (server.grpc_port, server.http_port)
     assert_nothing_left(server)
 
@@ -246,3 +261,135 @@ def test_server_env_puts_this_interpreter_first(monkeypatch):
     assert libs[0] == sysconfig.get_config_var("LIBDIR")
     assert libs[1].endswith("nvidia_pytriton.libs") and Path(libs[1]).is_dir()
     assert libs[-1] == "/somewhere"
+
+
+# ------------------------------------------------------------------------------ secure defaults, liveness
+
+
+def http_status(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None) -> int:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def shm_register_body(server: TritonServer) -> bytes:
+    """A request to register one of the python stub's own regions (what crashed Triton when allowed)."""
+    region = shm_files(server.shm_prefix)[0].name
+    return json.dumps({"key": f"/{region}", "offset": 0, "byte_size": 64}).encode()
+
+
+def test_admin_apis_are_closed_by_default_on_http_and_grpc(server, grpc_client, http_client):
+    base = f"http://{server.http_url}/v2"
+    for method, path, body in [("POST", "/logging", b'{"log_verbose_level": 1}'), ("GET", "/logging", None),
+                               ("POST", "/systemsharedmemory/region/evil/register", shm_register_body(server)),
+                               ("GET", "/systemsharedmemory/status", None), ("POST", "/repository/index", b"{}"),
+                               ("POST", "/repository/models/add_one/unload", b"{}"), ("GET", "/trace/setting", None)]:
+        assert http_status(base + path, method, body) == 403, path
+        assert http_status(base + path, method, body, {"sigrl-admin-key": "a guess at the key"}) == 403, path
+    for call in (lambda: grpc_client.update_log_settings({"log_verbose_level": 1}),
+                 lambda: grpc_client.get_system_shared_memory_status(),
+                 lambda: grpc_client.unload_model("add_one"), lambda: grpc_client.get_trace_settings()):
+        with pytest.raises(InferenceServerException, match="restricted"):
+            call()
+    assert grpc_client.is_model_ready("add_one") and server.is_ready()
+    assert grpc_client.get_inference_statistics("add_one").model_stats  # read-only statistics stay open
+
+
+def test_metrics_are_served_and_shared_memory_is_private(server, grpc_client):
+    test_grpc_inference_adds_one(grpc_client)
+    with urllib.request.urlopen(server.metrics_url, timeout=30) as response:
+        assert 'nv_inference_request_success{model="add_one",version="1"}' in response.read().decode()
+    regions = shm_files(server.shm_prefix)
+    assert regions and all(path.stat().st_mode & 0o077 == 0 for path in regions)  # readable by this user only
+
+
+def test_the_admin_key_opens_the_admin_apis_and_a_dead_stub_is_restored_by_a_restart(tmp_path):
+    key = "k" * 8 + uuid.uuid4().hex
+    server = TritonServer(write_add_one_repo(tmp_path / "repo"), admin_key=key)
+    with server:
+        base, header = f"http://{server.http_url}/v2", {"sigrl-admin-key": key}
+        assert http_status(base + "/logging", "POST", b'{"log_verbose_level": 0}', header) == 200
+        with grpcclient.InferenceServerClient(server.grpc_url) as grpc_client:
+            grpc_header = {"triton-grpc-protocol-sigrl-admin-key": key}  # Triton's prefix for gRPC metadata
+            assert "log_verbose_level" in grpc_client.get_log_settings(headers=grpc_header, as_json=True)["settings"]
+        stubs = stub_processes(server.pid)
+        assert list(stubs.values()) == ["add_one_0_0"] and server.is_healthy()
+        ports = (server.grpc_port, server.http_port, server.metrics_port)
+        os.kill(next(iter(stubs)), signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not server.dead_stubs() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server.dead_stubs() == ["add_one_0_0"] and not server.is_healthy()
+        server.restart()
+        assert (server.grpc_port, server.http_port, server.metrics_port) == ports
+        assert server.is_healthy() and server.kept_log is not None and server.kept_log.is_file()
+        server.kept_log.unlink()
+        with grpcclient.InferenceServerClient(server.grpc_url) as grpc_client:
+            test_grpc_inference_adds_one(grpc_client)
+    assert_nothing_left(server)
+
+
+def test_a_crashed_server_keeps_its_log(tmp_path):
+    server = TritonServer(write_add_one_repo(tmp_path / "repo"))
+    server.start()
+    os.kill(server.pid, signal.SIGKILL)
+    assert wait_for(lambda: not server.is_healthy(), 10)
+    server.stop()
+    assert server.kept_log is not None and "Started GRPCInferenceService" in server.kept_log.read_text()
+    server.kept_log.unlink()
+    assert_nothing_left(server)
+
+
+def wait_for(condition, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def start_sigrl_serve(repo: Path, ports: list[int], log_file: Path) -> subprocess.Popen:
+    """``sigrl serve`` on fixed ports as a child process, once it printed that Triton is ready."""
+    command = [sys.executable, "-m", "sigrl.cli", "serve", "--repo", str(repo), "--grpc-port", str(ports[0]),
+               "--http-port", str(ports[1]), "--metrics-port", str(ports[2]), "--log-file", str(log_file)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("Triton ready"), (line, proc.stderr.read() if proc.poll() is not None else "")
+    return proc
+
+
+@pytest.mark.slow
+def test_sigrl_serve_killed_with_sigkill_takes_triton_along_and_restarts_on_the_same_ports(tmp_path):
+    repo = write_add_one_repo(tmp_path / "repo")
+    ports = [free_port() for _ in range(3)]
+    first = start_sigrl_serve(repo, ports, tmp_path / "first.log")
+    servers = [pid for pid in processes_mentioning(f"sigrl_triton_{first.pid}_") if pid != first.pid]
+    assert servers, "tritonserver and its stub"
+    first.kill()  # SIGKILL: the wrapper cannot clean up
+    first.wait()
+    assert wait_for(lambda: processes_mentioning(f"sigrl_triton_{first.pid}_") == [])
+    assert "Started GRPCInferenceService" in (tmp_path / "first.log").read_text()  # the named log stays
+
+    second = start_sigrl_serve(repo, ports, tmp_path / "second.log")
+    try:
+        assert shm_files(f"sigrl_triton_{first.pid}_") == []  # the dead server's regions were removed
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{ports[0]}") as client:
+            test_grpc_inference_adds_one(client)
+        taken = subprocess.run([sys.executable, "-m", "sigrl.cli", "serve", "--repo", str(repo), "--grpc-port",
+                                str(free_port()), "--http-port", str(ports[1]), "--metrics-port", str(free_port())],
+                               capture_output=True, text=True, timeout=120)
+        assert taken.returncode == 2 and taken.stderr.count("\n") == 1, taken.stderr
+        assert f"http port {ports[1]} on 127.0.0.1 is not free" in taken.stderr and "--http-port" in taken.stderr
+    finally:
+        second.terminate()  # SIGTERM: a clean stop
+        assert second.wait(timeout=60) == 0
+    assert processes_mentioning(f"sigrl_triton_{second.pid}_") == []
+
+
+def test_loopback_addresses_are_recognised():
+    assert all(map(is_loopback, ["127.0.0.1", "127.3.2.1", "::1", "localhost"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "192.168.1.4", "::", "example.org"]))

@@ -9,9 +9,11 @@ the server and checks that nothing is left behind.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import queue
+import re
 import statistics
 import threading
 import time
@@ -38,7 +40,9 @@ from sigrl.serving.repository import build_repository  # noqa: E402
 from sigrl.serving.server import TritonServer  # noqa: E402
 
 MAX_IMAGE_BYTES = 64 * 1024
-MODELS = ("image_svfr", "preprocess", "sigrl", "text_gmc")
+MAX_REQUEST_BYTES = 128 * 1024
+MAX_LABEL_TOKENS = 40
+MODELS = ("image_svfr", "sigrl", "text_gmc")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -151,7 +155,8 @@ def ort_runtime(engines) -> OnnxRuntime:
 @pytest.fixture(scope="module")
 def server(engines, tmp_path_factory):
     repo = build_repository(engines, "python", tmp_path_factory.mktemp("triton") / "repo",
-                            max_image_bytes=MAX_IMAGE_BYTES, cache_size=8)
+                            max_image_bytes=MAX_IMAGE_BYTES, max_request_bytes=MAX_REQUEST_BYTES,
+                            max_label_tokens=MAX_LABEL_TOKENS, cache_size=8)
     running = TritonServer(repo)
     running.start()
     try:
@@ -285,11 +290,37 @@ def test_dynamic_batching_merges_concurrent_requests(client):
 # ------------------------------------------------------------------------------ errors
 
 
+def encoded(image: Image.Image, format: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+@functools.cache
+def _oversized() -> tuple[bytes, bytes, bytes]:
+    """A TIFF, a 6000×5000 PNG (30 MP: over the per-image cap) and a 5000×4000 PNG (20 MP), all small in bytes."""
+    return (encoded(Image.new("RGB", (8, 8)), "TIFF"), encoded(Image.new("L", (6000, 5000))),
+            encoded(Image.new("L", (5000, 4000))))
+
+
 def _bad_requests(good: bytes) -> dict[str, tuple[list[grpcclient.InferInput], str]]:
-    """Requests that must fail, each with the message its error must contain."""
+    """Requests that must fail (INVALID_ARGUMENT), each with the message its error must contain."""
+    tiff, huge, large = _oversized()
     varying = bytes_tensor("labels", [[b"a", b"b"], [b"a", b"c"]])
     return {
-        "corrupt image": (entry_inputs([b"\x89PNG but not really"], ["a"]), "image 0 is not in an image format"),
+        "corrupt image": (entry_inputs([b"\x89PNG but not really"], ["a"]), "image 0 is not in a format this server"),
+        "missing image": ([bytes_tensor("labels", [[b"a"]])], "the required input 'image' is missing"),
+        "unsupported format": (entry_inputs([tiff], ["a"]), "image 0 is not in a format this server reads"),
+        "too many pixels": (entry_inputs([huge], ["a"]), "image 0 is 6000x5000 pixels, over the limit of 25000000"),
+        "too many pixels per request": (entry_inputs([large, large, large], ["a"]),
+                                        "have 60000000 pixels in all, over the limit of 50000000"),
+        "request bytes": (entry_inputs([b"x" * (MAX_IMAGE_BYTES - 1)] * 3, ["a"]),
+                          f"{3 * (MAX_IMAGE_BYTES - 1)} bytes in all, over the limit of {MAX_REQUEST_BYTES}"),
+        "label characters": (entry_inputs([good], ["a", "q" * 100_000]), "label 1 is over the limit of 200 char"),
+        "label tokens": (entry_inputs([good], ["a", "dog " * 45]), "label 1 has 45 tokens, over the limit of 40"),
+        "same prompt after normalisation": (entry_inputs([good], ["Red circle", "blue", "red  CIRCLE"]),
+                                            "labels 0 ('Red circle') and 2 ('red  CIRCLE') are the same prompt"),
+        "special token": (entry_inputs([good], ["<start_of_text>"]), "label 0 contains a special token"),
         "truncated image": (entry_inputs([good[:100]], ["a"]), "image 0 cannot be decoded"),
         "empty image": (entry_inputs([b""], ["a"]), "image 0 is empty"),
         "image over the cap": (entry_inputs([b"x" * (MAX_IMAGE_BYTES + 1)], ["a"]),
@@ -314,10 +345,29 @@ BAD_CASES = list(_bad_requests(b"").keys())
 def test_bad_input_fails_its_request_and_the_server_keeps_serving(client, case):
     good = png_bytes(64, 64, 5)
     inputs, message = _bad_requests(good)[case]
-    with pytest.raises(InferenceServerException, match=message):
+    with pytest.raises(InferenceServerException, match=re.escape(message)) as raised:
         client.infer("sigrl", inputs)
+    assert_client_error(raised.value)
     assert client.is_server_ready() and client.is_model_ready("sigrl")
     assert client.infer("sigrl", entry_inputs([good], ["a", "b"])).as_numpy("scores").shape == (1, 2)
+
+
+def assert_client_error(error: InferenceServerException) -> None:
+    """A client mistake: INVALID_ARGUMENT, and no traceback or server path in the message."""
+    assert error.status() == "StatusCode.INVALID_ARGUMENT", (error.status(), error.message())
+    assert "Traceback" not in error.message() and ".py" not in error.message() and "/tmp" not in error.message()
+
+
+def test_images_are_scored_as_displayed(client):
+    """A JPEG stored sideways with the EXIF tag that displays it upright scores as the upright image."""
+    pixels = np.random.default_rng(8).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    sideways = encoded(Image.fromarray(np.rot90(pixels, 1).copy()), "PNG", exif=exif)
+    upright = encoded(Image.fromarray(pixels), "PNG")
+    labels = ["red", "circle", "star"]
+    scores = [client.infer("sigrl", entry_inputs([b], labels)).as_numpy("scores") for b in (sideways, upright)]
+    np.testing.assert_array_equal(scores[0], scores[1])
 
 
 def test_bad_requests_do_not_fail_good_ones_batched_with_them(client):
@@ -360,13 +410,29 @@ def test_bad_requests_do_not_fail_good_ones_batched_with_them(client):
                         ("label_emb", np.zeros((3, 64), np.float32), "FP32"),
                         ("graph_emb", np.zeros((3, 64), np.float32), "FP32")],
          r"image_svfr: axis B of 'images' is 33, outside the engine's range \[1, 32\]"),
+        ("text_gmc", [("token_ids", np.array([[49406, 60000, 49407]], np.int32), "INT32")],
+         r"text_gmc: token_ids\[0, 1\] is 60000, outside the vocabulary \[0, 49408\)"),
+        ("text_gmc", [("token_ids", np.array([[49406, -5, 49407]], np.int32), "INT32")],
+         r"text_gmc: token_ids\[0, 1\] is -5"),
+        ("text_gmc", [("token_ids", np.array([[1, 2, 3]], np.int32), "INT32")],
+         "text_gmc: token_ids row 0 is not a tokenized prompt"),
+        ("image_svfr", [("images", np.full((1, 3, 64, 64), np.nan, np.float32), "FP32"),
+                        ("label_emb", np.zeros((3, 64), np.float32), "FP32"),
+                        ("graph_emb", np.zeros((3, 64), np.float32), "FP32")],
+         "image_svfr: input 'images' holds NaN or infinite values"),
+        ("image_svfr", [("images", np.zeros((1, 3, 64, 64), np.float32), "FP32"),
+                        ("label_emb", np.full((3, 64), np.inf, np.float32), "FP32"),
+                        ("graph_emb", np.zeros((3, 64), np.float32), "FP32")],
+         "image_svfr: input 'label_emb' holds NaN or infinite values"),
     ],
     ids=["text-dtype", "text-rank", "text-length", "image-dtype", "image-size", "image-class-mismatch",
-         "image-batch"],
+         "image-batch", "token-beyond-vocabulary", "token-negative", "token-row-not-a-prompt", "image-nan",
+         "embedding-inf"],
 )
-def test_engine_models_reject_wrong_dtype_and_shape(client, model, inputs, message):
-    with pytest.raises(InferenceServerException, match=message):
+def test_engine_models_reject_wrong_dtype_shape_and_values(client, model, inputs, message):
+    with pytest.raises(InferenceServerException, match=message) as raised:
         client.infer(model, [numpy_tensor(*spec) for spec in inputs])
+    assert_client_error(raised.value)
     assert client.is_model_ready(model)
 
 

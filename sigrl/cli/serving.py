@@ -16,33 +16,76 @@ if TYPE_CHECKING:
 
 
 def cmd_triton_repo(args: argparse.Namespace) -> int:
+    from sigrl.serving.backend import EntryLimits
     from sigrl.serving.repository import build_repository
 
+    caps = {name: getattr(args, name) for name in EntryLimits.__dataclass_fields__ if getattr(args, name) is not None}
     repo = build_repository(Path(args.engines), args.runtime, Path(args.out), max_batch=args.max_batch,
-                            overwrite=args.overwrite, plans=[Path(p) for p in args.plans],
-                            ort_tensorrt=args.ort_tensorrt, ort_tensorrt_cache=args.ort_tensorrt_cache)
+                            queue_delay_us=args.queue_delay_us, overwrite=args.overwrite,
+                            plans=[Path(p) for p in args.plans], ort_tensorrt=args.ort_tensorrt,
+                            ort_tensorrt_cache=args.ort_tensorrt_cache, **caps)
     print(f"Triton model repository ({args.runtime} runtime) written to {repo}")
     return 0
+
+
+def _serve_error(message: str) -> int:
+    print(f"sigrl serve: error: {message}", file=sys.stderr)
+    return 2
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from sigrl.serving.server import TritonServer
+    from sigrl.serving.server import PortInUseError, TritonServer, is_loopback
 
+    admin_key = None
+    if args.admin_key_file:
+        try:
+            admin_key = Path(args.admin_key_file).read_text().strip()
+        except OSError as err:
+            return _serve_error(f"--admin-key-file {args.admin_key_file}: {err.strerror}")
+    if not is_loopback(args.host):
+        print(f"sigrl serve: warning: listening on {args.host}: inference and metrics are open to every client that "
+              "can reach it (the admin APIs stay restricted); put TLS and authentication in front", file=sys.stderr)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with TritonServer(Path(args.repo), grpc_port=args.grpc_port, http_port=args.http_port, host=args.host) as server:
-        print(f"Triton ready: gRPC {server.grpc_url}, HTTP {server.http_url} (Ctrl-C stops it)", flush=True)
-        try:
-            while not stop.wait(1.0):
-                if not server.is_ready():
-                    print("Triton is no longer ready; stopping", file=sys.stderr)
-                    return 1
-        except KeyboardInterrupt:
-            pass
+    server = TritonServer(Path(args.repo), grpc_port=args.grpc_port, http_port=args.http_port, host=args.host,
+                          metrics_port=args.metrics_port, admin_key=admin_key,
+                          log_file=Path(args.log_file) if args.log_file else None)
+    try:
+        server.start()
+    except PortInUseError as err:
+        return _serve_error(f"{err} (--{err.flag}-port)")
+    except RuntimeError as err:
+        kept = f"; full log: {server.kept_log}" if server.kept_log else ""
+        print(f"sigrl serve: error: {err}{kept}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # start() has stopped what it started
+        return 130
+    try:
+        print(f"Triton ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}, "
+              f"log {server.log_path} (Ctrl-C stops it)", flush=True)
+        while not stop.wait(1.0):
+            if server.is_healthy():
+                continue
+            dead = server.dead_stubs()
+            reason = f"the python stub of {', '.join(dead)} died" if dead else "Triton is no longer ready"
+            print(f"sigrl serve: {reason}; restarting Triton on the same ports", file=sys.stderr, flush=True)
+            try:
+                server.restart()
+            except RuntimeError as err:
+                print(f"sigrl serve: error: restart failed: {err}", file=sys.stderr)
+                return 1
+            finally:
+                if server.kept_log:
+                    print(f"sigrl serve: the failed server's log is kept at {server.kept_log}", file=sys.stderr)
+            print("Triton ready again", flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
         print("stopping Triton ...", flush=True)
+        server.stop()
     return 0
 
 
@@ -152,6 +195,18 @@ def register(commands: argparse._SubParsersAction) -> None:
                       help="python: ONNX Runtime in python-backend models (runs on the bundled CPU server)")
     repo.add_argument("--out", required=True)
     repo.add_argument("--max-batch", type=int, default=32, help="images per batch of the entry model")
+    repo.add_argument("--queue-delay-us", type=int, default=0,
+                      help="how long the entry model's dynamic batcher may hold a request for others (default 0)")
+    caps = repo.add_argument_group("caps of the entry model (a request over one is refused with INVALID_ARGUMENT)")
+    for flag, meaning in (("max-image-bytes", "encoded bytes per image (default 20 MiB)"),
+                          ("max-request-bytes", "encoded image bytes per request (default 32 MiB)"),
+                          ("max-image-pixels", "pixels per image, read from its header (default 25M)"),
+                          ("max-request-pixels", "pixels per request (default 50M)"),
+                          ("max-labels", "labels per request (default: the engines' class range)"),
+                          ("max-label-chars", "characters per label name (default 200)"),
+                          ("max-label-tokens", "tokens per label name (default: what fits the prompt context)"),
+                          ("default-top-k", "top labels returned when a request sets no top_k (default 5)")):
+        caps.add_argument(f"--{flag}", type=int, help=meaning)
     repo.add_argument("--overwrite", action="store_true", help="replace an existing repository")
     repo.add_argument("--plans", nargs="+", default=[], metavar="DIR",
                       help="tensorrt: `sigrl build-engines` folders, one per compute capability (default: --engines)")
@@ -162,8 +217,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="run the Triton server bundled in nvidia-pytriton on a repository")
     serve.add_argument("--repo", required=True)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    serve.add_argument("--grpc-port", type=int, help="default: a free port")
-    serve.add_argument("--http-port", type=int, help="default: a free port")
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics at /metrics")
+    serve.add_argument("--log-file", help="write Triton's log here (default: a temporary file, kept if Triton dies)")
+    serve.add_argument("--admin-key-file",
+                       help="file holding a key (16+ printable characters) that opens the shared-memory, logging, "
+                            "model-repository and trace APIs to requests with header sigrl-admin-key: KEY "
+                            "(default: closed to everyone)")
     serve.set_defaults(func=cmd_serve)
     tag = commands.add_parser("tag", help="tag images over gRPC with labels chosen per request")
     tag.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them")

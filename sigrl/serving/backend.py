@@ -5,13 +5,17 @@ Each model folder of the repository (see :mod:`sigrl.serving.repository`) holds 
 package and the plain functions below are unit-tested without Triton:
 
 * :class:`TextGMCModel`, :class:`ImageSVFRModel`: the two engines in ONNX Runtime (CPU), inputs
-  checked against the engine specs (the ``python`` runtime of the repository);
-* :class:`PreprocessModel`: encoded image bytes → the evaluation transform's normalised pixels;
-* :class:`SigRLModel`: the public entry. It validates each request, tokenises the label names with
-  the engine's prompt template, keeps (label_emb, graph_emb) in an LRU cache keyed on the *ordered*
-  label tuple (GMC makes the embeddings depend on the whole ordered list), and calls ``preprocess``,
+  checked against the engine specs, refused when not finite or not valid token ids (the ``python``
+  runtime of the repository);
+* :class:`SigRLModel`: the public entry. It validates each request against the caps of its config,
+  decodes and transforms the images itself (:class:`ImagePreprocessor`: no extra hop), tokenises the
+  label names with the engine's prompt template, keeps (label_emb, graph_emb) in an LRU cache keyed on
+  the *ordered* label tuple (GMC makes the embeddings depend on the whole ordered list), and calls
   ``text_gmc`` (on a cache miss) and ``image_svfr`` through BLS, one ``image_svfr`` call per
   vocabulary shared by the requests of a batch.
+
+Every client mistake is answered with INVALID_ARGUMENT naming the input; anything else with a short
+INTERNAL message, the details (traceback) going to Triton's log only.
 
 ``triton_python_backend_utils`` exists only inside the Triton stub, so it is imported when a model
 runs (:func:`_pb_utils`), never at module import; so is ``onnxruntime``, an optional extra.
@@ -20,38 +24,40 @@ runs (:func:`_pb_utils`), never at module import; so is ``onnxruntime``, an opti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
+import traceback
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sigrl.data.transforms import build_transform
 from sigrl.deploy.engines import engine_specs
 from sigrl.deploy.onnx_export import read_metadata
 from sigrl.deploy.runtimes import prepare_token_ids
 from sigrl.model import SigRLConfig
-from sigrl.tokenizer import tokenize
+from sigrl.serving.protocol import ENTRY_MODEL
+from sigrl.tokenizer import CONTEXT_LENGTH, _clip_tokenizer, tokenize
 
 Vocabulary = tuple[str, ...]
 Embeddings = tuple[np.ndarray, np.ndarray]  # (label_emb, graph_emb), both C×D float32
 
-# Layout shared with sigrl.serving.repository: model names, parameter keys, the entry model's settings file.
-PREPROCESS_MODEL = "preprocess"
-ENTRY_MODEL = "sigrl"
+# Layout shared with sigrl.serving.repository: parameter keys, the entry model's settings file (the names
+# clients see too are in sigrl.serving.protocol).
 SETTINGS_FILE = "sigrl.json"
 PARAM_PREPROCESS = "preprocess"
-PARAM_MAX_IMAGE_BYTES = "max_image_bytes"
-PARAM_MAX_LABELS = "max_labels"
 PARAM_CACHE_SIZE = "cache_size"
-PARAM_DEFAULT_TOP_K = "default_top_k"
-PARAM_DEFAULT_VOCABULARY = "default_vocabulary"  # JSON list, published for clients (the model reads sigrl.json)
+PARAM_TOKENIZER_CACHE_SIZE = "tokenizer_cache_size"
+# Formats the entry model decodes (PIL would open many more, some through external programs).
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
+BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as a browser page shows them
 
 
 def _pb_utils() -> ModuleType:
@@ -84,11 +90,27 @@ class BLSError(RuntimeError):
 
 @dataclass(frozen=True)
 class EntryLimits:
-    """What the entry model accepts: caps from the config parameters and the top-k used when none is asked."""
+    """What the entry model accepts (its config parameters, all set by ``sigrl triton-repo``).
 
-    max_image_bytes: int
-    max_labels: int
-    default_top_k: int
+    Each cap keeps one request from stalling the others or exhausting memory: bytes are checked before
+    anything is decoded, pixels from the image headers before any pixel is decoded, label characters
+    before the tokenizer runs (BPE cost grows with the square of a word's length) and tokens before the
+    text engine runs (a longer prompt would be silently cut).
+    """
+
+    max_image_bytes: int = 20 * 2**20
+    max_request_bytes: int = 32 * 2**20
+    max_image_pixels: int = 25_000_000
+    max_request_pixels: int = 50_000_000
+    max_labels: int = 1024
+    max_label_chars: int = 200
+    max_label_tokens: int = 67  # what fits the context with the default prompt template
+    default_top_k: int = 5
+
+    @classmethod
+    def from_parameters(cls, params: Mapping[str, str]) -> EntryLimits:
+        """The limits from a config's parameters (keys are the field names)."""
+        return cls(**{name: int(params[name]) for name in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -100,11 +122,12 @@ class EntryRequest:
     top_k: int
 
 
-def validate_labels(rows: np.ndarray, max_labels: int) -> Vocabulary:
+def validate_labels(rows: np.ndarray, max_labels: int, max_label_chars: int = 200) -> Vocabulary:
     """The label names of one request, checked: ``rows`` is N×C bytes, one identical row per image.
 
     Names are decoded as UTF-8 and stripped (the tokenizer strips them too, so " cat" and "cat" are
-    one prompt and count as duplicates). Raises :class:`RequestError` naming the first problem.
+    one prompt and count as duplicates; :class:`PromptTokenizer` finds those its normalisation merges).
+    Raises :class:`RequestError` naming the first problem.
     """
     if rows.ndim != 2 or rows.shape[0] == 0:
         raise RequestError(f"labels must have shape [images, labels], got {list(rows.shape)}")
@@ -119,20 +142,28 @@ def validate_labels(rows: np.ndarray, max_labels: int) -> Vocabulary:
         raise RequestError(f"{len(raw)} labels, more than the {max_labels} this server accepts")
     positions: dict[str, int] = {}
     for position, value in enumerate(raw):
+        value = bytes(value)
+        if len(value) > 4 * max_label_chars:  # no need to decode a name that cannot fit
+            raise RequestError(f"label {position} is over the limit of {max_label_chars} characters")
         try:
-            name = bytes(value).decode("utf-8").strip()
+            name = value.decode("utf-8").strip()
         except UnicodeDecodeError:
             raise RequestError(f"label {position} is not valid UTF-8") from None
         if not name:
             raise RequestError(f"label {position} is blank")
+        if len(name) > max_label_chars:
+            raise RequestError(f"label {position} is {len(name)} characters, over the limit of {max_label_chars}")
         if name in positions:
             raise RequestError(f"duplicate label {name!r} at positions {positions[name]} and {position}")
         positions[name] = position
     return tuple(positions)
 
 
-def validate_images(images: np.ndarray, max_image_bytes: int) -> list[bytes]:
-    """The encoded images of one request (N×1 bytes), each non-empty and at most ``max_image_bytes``."""
+def validate_images(images: np.ndarray | None, max_image_bytes: int,
+                    max_request_bytes: int | None = None) -> list[bytes]:
+    """The encoded images of one request (N×1 bytes), each non-empty and within the byte caps."""
+    if images is None:
+        raise RequestError("the required input 'image' is missing")
     if images.ndim != 2 or images.shape[0] == 0 or images.shape[1] != 1:
         raise RequestError(f"image must have shape [images, 1] with at least one image, got {list(images.shape)}")
     checked = []
@@ -143,6 +174,10 @@ def validate_images(images: np.ndarray, max_image_bytes: int) -> list[bytes]:
         if len(data) > max_image_bytes:
             raise RequestError(f"image {index} is {len(data)} bytes, over the limit of {max_image_bytes} bytes")
         checked.append(data)
+    total = sum(map(len, checked))
+    if max_request_bytes is not None and total > max_request_bytes:
+        raise RequestError(f"the images of this request are {total} bytes in all, over the limit of "
+                           f"{max_request_bytes} bytes per request")
     return checked
 
 
@@ -162,13 +197,13 @@ def validate_top_k(values: np.ndarray | None, default: int) -> int:
 def parse_request(images: np.ndarray, labels: np.ndarray | None, top_k: np.ndarray | None,
                   limits: EntryLimits, default_vocabulary: Vocabulary) -> EntryRequest:
     """Validate one entry request's tensors; an absent ``labels`` means the default vocabulary."""
-    checked_images = validate_images(images, limits.max_image_bytes)
+    checked_images = validate_images(images, limits.max_image_bytes, limits.max_request_bytes)
     if labels is None:
         if not default_vocabulary:
             raise RequestError("no labels given and this repository has no default vocabulary")
         vocabulary = default_vocabulary
     else:
-        vocabulary = validate_labels(labels, limits.max_labels)
+        vocabulary = validate_labels(labels, limits.max_labels, limits.max_label_chars)
     return EntryRequest(checked_images, vocabulary, validate_top_k(top_k, limits.default_top_k))
 
 
@@ -224,6 +259,162 @@ class VocabularyCache:
             self._entries.popitem(last=False)
 
 
+class BoundedCache(dict):
+    """A dict that keeps at most ``capacity`` entries besides its ``pinned`` ones, dropping the oldest first.
+
+    open_clip's BPE tokenizer caches every distinct word it has seen in a plain dict, forever: a
+    server tokenising client label names would grow without bound. Its special tokens stay pinned
+    (the tokenizer finds them only through the cache).
+    """
+
+    def __init__(self, pinned: Mapping[str, str], capacity: int) -> None:
+        super().__init__(pinned)
+        self.pinned = frozenset(pinned)
+        self.capacity = capacity
+
+    def __setitem__(self, key: str, value: str) -> None:
+        super().__setitem__(key, value)
+        if len(self) > self.capacity + len(self.pinned):
+            oldest = next(k for k in self if k not in self.pinned)  # dicts keep insertion order
+            del self[oldest]
+
+
+def prompt_overhead(template: str) -> int:
+    """Tokens a prompt of ``template`` has besides the label name's (start and end tokens included)."""
+    return int(tokenize(["x"], template)[0].argmax())  # the EOT position: the prompt's length less "x"
+
+
+def max_label_tokens(template: str) -> int:
+    """The most tokens a label name may have for its prompt to fit the context with a padding slot to spare
+    (a row without one may have been cut)."""
+    return CONTEXT_LENGTH - 1 - prompt_overhead(template)
+
+
+class PromptTokenizer:
+    """Label names → token ids for ``text_gmc``, refusing what the text engine would not see as asked.
+
+    A prompt longer than the context would be cut silently; a name holding one of the tokenizer's
+    special tokens would move the EOT position the engine reads; two names that the tokenizer's
+    normalisation (lower case, whitespace, HTML entities, ftfy) makes one prompt are duplicates.
+    ``cache_size`` bounds the BPE word cache of the process-wide tokenizer.
+    """
+
+    def __init__(self, template: str, max_label_tokens: int, cache_size: int) -> None:
+        self.template = template
+        self.clip = _clip_tokenizer()
+        if not isinstance(self.clip.cache, BoundedCache):
+            specials = {t: t for t in ("<start_of_text>", "<end_of_text>")}
+            self.clip.cache = BoundedCache(specials, cache_size)
+        self.overhead = prompt_overhead(template)
+        self.max_label_tokens = max_label_tokens
+
+    def token_ids(self, labels: Vocabulary) -> np.ndarray:
+        """C×L int32 token ids, cut to the longest prompt; RequestError names the first bad label."""
+        ids = tokenize(list(labels), self.template).numpy()
+        specials = (ids == self.clip.sot_token_id) | (ids == self.clip.eot_token_id)
+        for position, row in enumerate(ids):
+            tokens = int(row.argmax()) + 1 - self.overhead
+            if row[-1] != 0 or tokens > self.max_label_tokens:  # a full row may have been cut
+                shown = f"{tokens} tokens" if row[-1] == 0 else "more tokens than fit the text encoder"
+                raise RequestError(f"label {position} has {shown}, over the limit of {self.max_label_tokens} tokens")
+            if specials[position].sum() != 2:
+                raise RequestError(f"label {position} contains a special token of the tokenizer")
+        first: dict[bytes, int] = {}
+        for position, row in enumerate(ids):
+            earlier = first.setdefault(row.tobytes(), position)
+            if earlier != position:
+                raise RequestError(f"labels {earlier} ({labels[earlier]!r}) and {position} ({labels[position]!r}) "
+                                   "are the same prompt after the tokenizer's normalisation")
+        return prepare_token_ids(ids)
+
+
+def check_token_ids(ids: np.ndarray, vocab_size: int, sot: int, eot: int) -> None:
+    """RequestError unless every row of ``ids`` (C×L) is a prompt as the tokenizer writes it:
+    SOT first, ids in ``[0, vocab_size)``, exactly one EOT, only padding zeros after it."""
+    outside = np.argwhere((ids < 0) | (ids >= vocab_size))
+    if len(outside):
+        row, col = outside[0]
+        raise RequestError(f"text_gmc: token_ids[{row}, {col}] is {ids[row, col]}, "
+                           f"outside the vocabulary [0, {vocab_size})")
+    for row, tokens in enumerate(ids):
+        ends = np.flatnonzero(tokens == eot)
+        if tokens[0] != sot or len(ends) != 1 or (tokens[1:] == sot).any() or tokens[ends[0] + 1:].any():
+            raise RequestError(f"text_gmc: token_ids row {row} is not a tokenized prompt (start token {sot} first, "
+                               f"one end token {eot}, then only zeros)")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as displayed, in 8-bit RGB.
+
+    EXIF orientation is applied; 16-bit grey is scaled to 8 bits (PIL's ``convert`` would clip it to
+    white); transparency (alpha channels, palette transparency) is flattened onto :data:`BACKGROUND`
+    (``convert`` would show the colours hidden under transparent pixels). RequestError for modes with
+    no such meaning (e.g. float or 32-bit integer pixels).
+    """
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit grey PNG
+        grey = np.asarray(image).astype(np.float64)
+        image = Image.fromarray(np.clip(np.rint(grey / 257), 0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (*BACKGROUND, 255)), rgba).convert("RGB")
+    if image.mode not in ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr"):
+        raise RequestError(f"pixel mode {image.mode} is not one this server reads")
+    return image.convert("RGB")
+
+
+class ImagePreprocessor:
+    """Encoded images → pixels N×3×H×W: decoded as displayed (:func:`to_rgb`), then the evaluation transform.
+
+    The transform is :func:`sigrl.data.transforms.build_transform` (bicubic resize of the shorter side,
+    centre crop, normalise) with the image size, mean and std recorded in the engine metadata
+    (``preprocess``). Image sizes are read from the headers and checked against ``max_image_pixels``
+    and ``max_request_pixels`` before any pixel is decoded. Shared by the served entry model and
+    in-process comparisons.
+    """
+
+    def __init__(self, params: Mapping[str, Any], max_image_pixels: int | None = None,
+                 max_request_pixels: int | None = None) -> None:
+        self.transform = build_transform(params["image_size"], False, params["mean"], params["std"])
+        self.max_image_pixels, self.max_request_pixels = max_image_pixels, max_request_pixels
+
+    def pixels(self, images: Sequence[bytes]) -> np.ndarray:
+        """Decode and transform one request's images; RequestError names the first that is refused."""
+        with contextlib.ExitStack() as stack:
+            opened = [stack.enter_context(self._open(index, data)) for index, data in enumerate(images)]
+            total = sum(image.width * image.height for image in opened)
+            if self.max_request_pixels is not None and total > self.max_request_pixels:
+                raise RequestError(f"the images of this request have {total} pixels in all, over the limit of "
+                                   f"{self.max_request_pixels} per request")
+            return np.stack([self.transform(self._decode(index, image)).numpy()
+                             for index, image in enumerate(opened)])
+
+    def _open(self, index: int, data: bytes) -> Image.Image:
+        """The image with only its header read, its size checked."""
+        try:
+            image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+        except UnidentifiedImageError:
+            raise RequestError(f"image {index} is not in a format this server reads "
+                               f"({', '.join(IMAGE_FORMATS)})") from None
+        except Exception as err:  # decoders of untrusted bytes raise many types (OSError, SyntaxError, ...)
+            raise RequestError(f"image {index} cannot be decoded: {err}") from None
+        if self.max_image_pixels is not None and image.width * image.height > self.max_image_pixels:
+            image.close()
+            raise RequestError(f"image {index} is {image.width}x{image.height} pixels, over the limit of "
+                               f"{self.max_image_pixels} pixels per image")
+        return image
+
+    @staticmethod
+    def _decode(index: int, image: Image.Image) -> Image.Image:
+        try:
+            image.load()
+            return to_rgb(image)
+        except RequestError as err:
+            raise RequestError(f"image {index}: {err}") from None
+        except Exception as err:
+            raise RequestError(f"image {index} cannot be decoded: {err}") from None
+
+
 # ---------------------------------------------------------------- Triton models
 
 
@@ -232,6 +423,12 @@ def _error_response(message: str, invalid_argument: bool = False) -> Any:
     pb = _pb_utils()
     code = pb.TritonError.INVALID_ARG if invalid_argument else pb.TritonError.INTERNAL
     return pb.InferenceResponse(error=pb.TritonError(message, code))
+
+
+def _internal_error(model: str, err: BaseException) -> Any:
+    """INTERNAL for a failure that is not the client's: the details go to Triton's log, never to the client."""
+    _pb_utils().Logger.log_error(f"{model}: {''.join(traceback.format_exception(err))}")
+    return _error_response(f"{model}: internal error ({type(err).__name__}); details are in the server log")
 
 
 def _response(outputs: Mapping[str, np.ndarray]) -> Any:
@@ -245,8 +442,21 @@ def _input(request: Any, name: str) -> np.ndarray | None:
     return None if tensor is None else tensor.as_numpy()
 
 
+def _answer_each(model: str, requests: list[Any], answer: Callable[[Any], Mapping[str, np.ndarray]]) -> list[Any]:
+    """Responses of ``answer`` per request: RequestError → INVALID_ARG, anything else → INTERNAL."""
+    responses = []
+    for request in requests:
+        try:
+            responses.append(_response(answer(request)))
+        except RequestError as err:
+            responses.append(_error_response(str(err), invalid_argument=True))
+        except Exception as err:  # one request's failure only; the model keeps serving
+            responses.append(_internal_error(model, err))
+    return responses
+
+
 class _EngineModel:
-    """An exported engine run by ONNX Runtime on CPU, inputs checked with the engine spec's ``check_inputs``."""
+    """An exported engine run by ONNX Runtime on CPU, inputs checked with the engine spec and for finiteness."""
 
     engine: ClassVar[str]
 
@@ -254,27 +464,32 @@ class _EngineModel:
         import onnxruntime as ort  # an optional extra (cpu/gpu), as in sigrl.deploy.runtimes
 
         path = version_dir(args) / f"{self.engine}.onnx"
-        config = SigRLConfig(**json.loads(read_metadata(path)["config"]))
-        self.spec = next(spec for spec in engine_specs(config) if spec.name == self.engine)
+        self.config = SigRLConfig(**json.loads(read_metadata(path)["config"]))
+        self.spec = next(spec for spec in engine_specs(self.config) if spec.name == self.engine)
         # the session options of OnnxRuntime(engines, device="cpu"): results equal in-process ones bit for bit
+        # (whatever precision the graph computes in, its inputs and outputs are float32)
         self.session = ort.InferenceSession(str(path), ort.SessionOptions(), providers=["CPUExecutionProvider"])
 
+    def check(self, feeds: Mapping[str, np.ndarray]) -> None:
+        """RequestError naming the input whose name, dtype, shape or values are wrong."""
+        missing = [name for name, array in feeds.items() if array is None]
+        if missing:
+            raise RequestError(f"{self.engine}: the required input {missing[0]!r} is missing")
+        try:
+            self.spec.check_inputs(feeds)
+        except ValueError as err:
+            raise RequestError(str(err)) from None
+        for name, array in feeds.items():
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise RequestError(f"{self.engine}: input {name!r} holds NaN or infinite values")
+
+    def run(self, request: Any) -> dict[str, np.ndarray]:
+        feeds = {name: _input(request, name) for name in self.spec.input_names}
+        self.check(feeds)
+        return dict(zip(self.spec.output_names, self.session.run(self.spec.output_names, feeds)))
+
     def execute(self, requests: list[Any]) -> list[Any]:
-        responses = []
-        for request in requests:
-            feeds = {name: _input(request, name) for name in self.spec.input_names}
-            try:
-                self.spec.check_inputs(feeds)
-            except ValueError as err:
-                responses.append(_error_response(str(err), invalid_argument=True))
-                continue
-            try:
-                outputs = self.session.run(self.spec.output_names, feeds)
-            except Exception as err:  # onnxruntime's own exception types; one request's failure only
-                responses.append(_error_response(f"{self.engine}: {err}"))
-                continue
-            responses.append(_response(dict(zip(self.spec.output_names, outputs))))
-        return responses
+        return _answer_each(self.engine, requests, self.run)
 
 
 class TextGMCModel(_EngineModel):
@@ -282,58 +497,17 @@ class TextGMCModel(_EngineModel):
 
     engine = "text_gmc"
 
+    def check(self, feeds: Mapping[str, np.ndarray]) -> None:
+        """As the engine spec, and every row a tokenized prompt (ids beyond the vocabulary fail the gather)."""
+        super().check(feeds)
+        check_token_ids(feeds["token_ids"], self.config.text_cfg["vocab_size"], _clip_tokenizer().sot_token_id,
+                        _clip_tokenizer().eot_token_id)
+
 
 class ImageSVFRModel(_EngineModel):
     """``image_svfr``: images B×3×H×W and a vocabulary's (label_emb, graph_emb) → scores B×C."""
 
     engine = "image_svfr"
-
-
-class ImagePreprocessor:
-    """Encoded JPEG/PNG bytes → pixels N×3×H×W, exactly the evaluation transform.
-
-    The transform is :func:`sigrl.data.transforms.build_transform` (bicubic resize of the shorter side,
-    centre crop, normalise) with the image size, mean and std recorded in the engine metadata
-    (``preprocess``). Shared by the served ``preprocess`` model and in-process comparisons.
-    """
-
-    def __init__(self, params: Mapping[str, Any]) -> None:
-        self.transform = build_transform(params["image_size"], False, params["mean"], params["std"])
-
-    def pixels(self, images: Sequence[bytes]) -> np.ndarray:
-        """Decode and transform one request's images; RequestError names the first that cannot be decoded."""
-        arrays = []
-        for index, data in enumerate(images):
-            try:
-                with Image.open(io.BytesIO(data)) as image:
-                    rgb = image.convert("RGB")
-            except UnidentifiedImageError:
-                raise RequestError(f"image {index} is not in an image format this server reads") from None
-            except Exception as err:  # decoders of untrusted bytes raise many types (OSError, SyntaxError, ...)
-                raise RequestError(f"image {index} cannot be decoded: {err}") from None
-            arrays.append(self.transform(rgb).numpy())
-        return np.stack(arrays)
-
-
-class PreprocessModel(ImagePreprocessor):
-    """``preprocess``: encoded image bytes (N×1) → pixels (:class:`ImagePreprocessor` inside Triton)."""
-
-    def __init__(self) -> None:
-        """Triton constructs the model without arguments; :meth:`initialize` builds the transform."""
-
-    def initialize(self, args: dict[str, str]) -> None:
-        super().__init__(json.loads(model_parameters(args["model_config"])[PARAM_PREPROCESS]))
-
-    def execute(self, requests: list[Any]) -> list[Any]:
-        responses = []
-        for request in requests:
-            try:
-                pixels = self.pixels([bytes(v) for v in _input(request, "image")[:, 0]])
-            except RequestError as err:
-                responses.append(_error_response(str(err), invalid_argument=True))
-                continue
-            responses.append(_response({"pixels": pixels}))
-        return responses
 
 
 async def _bls(model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
@@ -353,18 +527,19 @@ async def _bls(model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[s
 class SigRLModel:
     """``sigrl``: images (N×1 bytes) + optional labels (N×C bytes) and top_k (N×1) → scores and top labels.
 
-    ``execute`` is a coroutine so that the BLS calls of one batch run concurrently: the per-request
-    ``preprocess`` calls meet in that model's dynamic batcher, and the vocabulary groups overlap.
+    ``execute`` is a coroutine so that the BLS calls of one batch's vocabulary groups overlap.
     """
 
     def initialize(self, args: dict[str, str]) -> None:
         params = model_parameters(args["model_config"])
         settings = json.loads((version_dir(args) / SETTINGS_FILE).read_text(encoding="utf-8"))
-        self.limits = EntryLimits(int(params[PARAM_MAX_IMAGE_BYTES]), int(params[PARAM_MAX_LABELS]),
-                                  int(params[PARAM_DEFAULT_TOP_K]))
+        self.limits = EntryLimits.from_parameters(params)
         self.cache = VocabularyCache(int(params[PARAM_CACHE_SIZE]))
         self.default_vocabulary: Vocabulary = tuple(settings["vocabulary"])
-        self.template: str = settings["prompt_template"]
+        self.tokenizer = PromptTokenizer(settings["prompt_template"], self.limits.max_label_tokens,
+                                         int(params[PARAM_TOKENIZER_CACHE_SIZE]))
+        self.preprocessor = ImagePreprocessor(json.loads(params[PARAM_PREPROCESS]), self.limits.max_image_pixels,
+                                              self.limits.max_request_pixels)
 
     async def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
@@ -375,6 +550,8 @@ class SigRLModel:
                                               _input(request, "top_k"), self.limits, self.default_vocabulary)
             except RequestError as err:
                 responses[index] = _error_response(str(err), invalid_argument=True)
+            except Exception as err:
+                responses[index] = _internal_error(ENTRY_MODEL, err)
         groups = group_by_vocabulary({index: entry.labels for index, entry in parsed.items()})
         answers = await asyncio.gather(*(self._answer_group(labels, [parsed[i] for i in members])
                                          for labels, members in groups.items()))
@@ -385,29 +562,32 @@ class SigRLModel:
 
     async def _answer_group(self, labels: Vocabulary, entries: list[EntryRequest]) -> list[Any]:
         """Responses for requests sharing one vocabulary: their images scored in one ``image_svfr`` call."""
-        pixels = await asyncio.gather(*(_bls(PREPROCESS_MODEL, {"image": _bytes_column(e.images)}, ["pixels"])
-                                        for e in entries), return_exceptions=True)
-        responses: list[Any] = [None] * len(entries)
-        decoded = []
-        for position, result in enumerate(pixels):
-            if isinstance(result, BaseException):
-                invalid = isinstance(result, BLSError)  # preprocess only fails on undecodable bytes
-                responses[position] = _error_response(str(result), invalid_argument=invalid)
-            else:
-                decoded.append(position)
-        if not decoded:
-            return responses
         try:
             embeddings = await self._embeddings(labels)
-            batch = np.concatenate([pixels[p][0] for p in decoded])
-            (scores,) = await _bls("image_svfr", {"images": batch, "label_emb": embeddings[0],
-                                                  "graph_emb": embeddings[1]}, ["scores"])
-        except Exception as err:  # a failed engine call fails this group's requests, never the model
-            for position in decoded:
-                responses[position] = _error_response(str(err))
+        except RequestError as err:
+            return [_error_response(str(err), invalid_argument=True)] * len(entries)
+        except Exception as err:
+            return [_internal_error(ENTRY_MODEL, err)] * len(entries)
+        responses: list[Any] = [None] * len(entries)
+        pixels = {}
+        for position, entry in enumerate(entries):
+            try:
+                pixels[position] = self.preprocessor.pixels(entry.images)
+            except RequestError as err:
+                responses[position] = _error_response(str(err), invalid_argument=True)
+            except Exception as err:
+                responses[position] = _internal_error(ENTRY_MODEL, err)
+        if not pixels:
             return responses
-        counts = [len(entries[p].images) for p in decoded]
-        for position, rows in zip(decoded, np.split(scores, np.cumsum(counts)[:-1])):
+        try:
+            (scores,) = await _bls("image_svfr", {"images": np.concatenate(list(pixels.values())),
+                                                  "label_emb": embeddings[0], "graph_emb": embeddings[1]}, ["scores"])
+        except Exception as err:  # a failed engine call fails this group's requests, never the model
+            for position in pixels:
+                responses[position] = _internal_error(ENTRY_MODEL, err)
+            return responses
+        counts = [len(entries[p].images) for p in pixels]
+        for position, rows in zip(pixels, np.split(scores, np.cumsum(counts)[:-1])):
             names, values = top_k(rows, labels, entries[position].top_k)
             responses[position] = _response({"scores": rows, "top_labels": names, "top_scores": values})
         return responses
@@ -417,7 +597,7 @@ class SigRLModel:
         cached = self.cache.get(labels)
         if cached is not None:
             return cached
-        token_ids = prepare_token_ids(tokenize(list(labels), self.template))  # as OnnxRuntime.encode_labels
+        token_ids = self.tokenizer.token_ids(labels)  # as OnnxRuntime.encode_labels, after the checks
         label_emb, graph_emb = await _bls("text_gmc", {"token_ids": token_ids}, ["label_emb", "graph_emb"])
         self.cache.put(labels, (label_emb, graph_emb))
         return label_emb, graph_emb
@@ -426,10 +606,3 @@ class SigRLModel:
         """Log how well the vocabulary cache served (Triton's log, at unload)."""
         _pb_utils().Logger.log_info(f"sigrl vocabulary cache: {self.cache.hits} hits, {self.cache.misses} misses, "
                                     f"{len(self.cache)}/{self.cache.capacity} vocabularies kept")
-
-
-def _bytes_column(items: Sequence[bytes]) -> np.ndarray:
-    """Byte strings as an N×1 object array (Triton BYTES)."""
-    column = np.empty((len(items), 1), dtype=object)
-    column[:, 0] = items
-    return column

@@ -2,7 +2,7 @@
 
 A served ``sigrl`` request is: decode + evaluation transform, then the image engine against a cached
 vocabulary. :class:`InProcessTagger` does exactly that with ONNX Runtime in this process, so the two
-differ only by what serving adds (gRPC, Triton's scheduler, BLS calls between models).
+differ only by what serving adds (gRPC, Triton's scheduler, the BLS call to the image engine).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import io
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -54,14 +54,27 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def latency(call: Callable[[], object], repeats: int, warmup: int = 3) -> dict[str, float]:
     """p50/p95/mean milliseconds of ``call`` run ``repeats`` times one after another."""
+    return interleaved_latency({"call": call}, repeats, warmup)["call"]
+
+
+def interleaved_latency(calls: Mapping[str, Callable[[], object]], repeats: int,
+                        warmup: int = 3) -> dict[str, dict[str, float]]:
+    """:func:`latency` of several calls measured in turns (a, b, a, b, ...), so that a busy machine slows
+    them alike and their difference stays meaningful."""
     for _ in range(warmup):
-        call()
-    samples = []
+        for call in calls.values():
+            call()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        samples.append((time.perf_counter() - start) * 1e3)
-    samples.sort()
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return {name: _summary(values) for name, values in samples.items()}
+
+
+def _summary(samples: list[float]) -> dict[str, float]:
+    samples = sorted(samples)
     return {"p50_ms": statistics.median(samples), "p95_ms": samples[min(len(samples) - 1, int(0.95 * len(samples)))],
             "mean_ms": statistics.fmean(samples)}
 

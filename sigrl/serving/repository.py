@@ -1,15 +1,16 @@
 """Build a Triton model repository that serves both exported engines, vocabulary chosen per request.
 
-Four models, one folder each (``config.pbtxt`` + version ``1/``):
+Three models, one folder each (``config.pbtxt`` + version ``1/``):
 
 * ``text_gmc`` and ``image_svfr``: the two engines, unbatched (``max_batch_size: 0``; their first
   axis is the class count C or the image batch B), warmed up at their smallest shapes. The runtime
   picks how they run: ``python`` (ONNX Runtime on CPU in python-backend models, what the CPU-only
   server bundled in nvidia-pytriton runs), ``onnxruntime`` (Triton's onnxruntime backend, GPU) or
   ``tensorrt`` (prebuilt TensorRT plans, GPU).
-* ``preprocess``: encoded image bytes → the evaluation transform's pixels (python backend, batched).
 * ``sigrl``: the public entry (python backend, BLS), images + optional label names + optional top_k
-  → scores and top labels; see :class:`sigrl.serving.backend.SigRLModel`.
+  → scores and top labels; it decodes and transforms the images itself, with the caps of
+  :class:`sigrl.serving.backend.EntryLimits` as config parameters; see
+  :class:`sigrl.serving.backend.SigRLModel`.
 
 Every config is generated from the engine specs and the engines' metadata, parsed back with the
 ``ModelConfig`` protobuf that tritonclient ships, and the whole repository is written to a temporary
@@ -23,35 +24,36 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from google.protobuf import text_encoding, text_format
 
 from sigrl.deploy.engines import EngineSpec, engine_specs
 from sigrl.deploy.onnx_export import read_metadata
-from sigrl.deploy.runtimes import engine_config
+from sigrl.deploy.runtimes import engine_config, engine_precisions
+from sigrl.serving.protocol import ENTRY_MODEL, PARAM_DEFAULT_VOCABULARY
 from sigrl.deploy.tensorrt import BuildRecord, load_plans
 from sigrl.serving.backend import (
-    ENTRY_MODEL,
     PARAM_CACHE_SIZE,
-    PARAM_DEFAULT_TOP_K,
-    PARAM_DEFAULT_VOCABULARY,
-    PARAM_MAX_IMAGE_BYTES,
-    PARAM_MAX_LABELS,
     PARAM_PREPROCESS,
-    PREPROCESS_MODEL,
+    PARAM_TOKENIZER_CACHE_SIZE,
     SETTINGS_FILE,
+    EntryLimits,
     ImageSVFRModel,
-    PreprocessModel,
     SigRLModel,
     TextGMCModel,
+    max_label_tokens,
 )
+from sigrl.tokenizer import _clip_tokenizer
 
 Runtime = Literal["python", "onnxruntime", "tensorrt"]
 RUNTIMES: tuple[Runtime, ...] = ("python", "onnxruntime", "tensorrt")
 VERSION = "1"
-ENTRY_QUEUE_DELAY_US = 2000
+# 0: a request is never held back waiting for others; those that queue while the model is busy still batch
+ENTRY_QUEUE_DELAY_US = 0
 
 _TRITON_TYPES = {"float32": "TYPE_FP32", "int32": "TYPE_INT32"}
 # The config line that names how each runtime serves an engine.
@@ -91,15 +93,30 @@ def _instance_group(kind: str) -> str:
     return f"instance_group [ {{ count: 1 kind: {kind} }} ]"
 
 
+def warmup_files(spec: EngineSpec) -> dict[str, bytes]:
+    """The warm-up data files of an engine model (``<model>/warmup/<input>``): token ids of empty prompts
+    (start and end token, then padding), the only int32 input; any other id would be refused."""
+    tokenizer = _clip_tokenizer()
+    files = {}
+    for tensor in spec.inputs:
+        if tensor.dtype == "int32":
+            count, length = spec.profile()[tensor.name][0]
+            ids = np.zeros((count, length), np.int32)
+            ids[:, :2] = tokenizer.sot_token_id, tokenizer.eot_token_id
+            files[tensor.name] = ids.astype("<i4").tobytes()
+    return files
+
+
 def _warmup(spec: EngineSpec) -> str:
-    """One warm-up request at the engine's smallest shapes: zeros for token ids (any random id could be
-    out of the vocabulary), random values for floats."""
+    """One warm-up request at the engine's smallest shapes: valid token ids from :func:`warmup_files`,
+    zeros for floats (Triton's random data can hold NaN, which the engine models refuse)."""
     inputs = []
+    files = warmup_files(spec)
     for tensor in spec.inputs:
         shape = spec.profile()[tensor.name][0]
-        data = "zero_data" if tensor.dtype == "int32" else "random_data"
+        data = f'input_data_file: "{tensor.name}"' if tensor.name in files else "zero_data: true"
         inputs.append(f'  inputs {{ key: "{tensor.name}" value: {{ data_type: {_TRITON_TYPES[tensor.dtype]} '
-                      f"dims: {_dims(shape)} {data}: true }} }}")
+                      f"dims: {_dims(shape)} {data} }} }}")
     body = "\n".join([f'  name: "{spec.name}_smallest_shapes"', "  batch_size: 1", *inputs])
     return "model_warmup [ {\n" + body + "\n} ]"
 
@@ -116,19 +133,9 @@ def engine_model_config(spec: EngineSpec, runtime: Runtime, extra: Sequence[str]
     ]) + "\n"
 
 
-def preprocess_model_config(image_size: int, params: Mapping[str, Any], max_batch: int) -> str:
-    """``config.pbtxt`` of ``preprocess``: one encoded image per batch item → its 3×H×W pixels."""
-    return "\n".join([
-        f'name: "{PREPROCESS_MODEL}"', 'backend: "python"', f"max_batch_size: {max_batch}",
-        _tensor_list("input", [_tensor("image", "TYPE_STRING", [1])]),
-        _tensor_list("output", [_tensor("pixels", "TYPE_FP32", [3, image_size, image_size])]),
-        "dynamic_batching { }", _instance_group("KIND_CPU"),
-        _parameters({PARAM_PREPROCESS: json.dumps(dict(params))}),
-    ]) + "\n"
-
-
-def entry_model_config(max_batch: int, max_image_bytes: int, max_labels: int, cache_size: int,
-                       default_top_k: int, default_vocabulary: Sequence[str] = ()) -> str:
+def entry_model_config(max_batch: int, limits: EntryLimits, cache_size: int, tokenizer_cache_size: int,
+                       preprocess: Mapping[str, Any], default_vocabulary: Sequence[str] = (),
+                       queue_delay_us: int = ENTRY_QUEUE_DELAY_US) -> str:
     """``config.pbtxt`` of ``sigrl``: per batch item one image, its label names (ragged) and top_k."""
     inputs = [_tensor("image", "TYPE_STRING", [1]),
               _tensor("labels", "TYPE_STRING", [-1], "optional", "allow_ragged_batch"),
@@ -138,9 +145,9 @@ def entry_model_config(max_batch: int, max_image_bytes: int, max_labels: int, ca
     return "\n".join([
         f'name: "{ENTRY_MODEL}"', 'backend: "python"', f"max_batch_size: {max_batch}",
         _tensor_list("input", inputs), _tensor_list("output", outputs),
-        f"dynamic_batching {{ max_queue_delay_microseconds: {ENTRY_QUEUE_DELAY_US} }}", _instance_group("KIND_CPU"),
-        _parameters({PARAM_MAX_IMAGE_BYTES: max_image_bytes, PARAM_MAX_LABELS: max_labels,
-                     PARAM_CACHE_SIZE: cache_size, PARAM_DEFAULT_TOP_K: default_top_k,
+        f"dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}", _instance_group("KIND_CPU"),
+        _parameters({**asdict(limits), PARAM_CACHE_SIZE: cache_size, PARAM_TOKENIZER_CACHE_SIZE: tokenizer_cache_size,
+                     PARAM_PREPROCESS: json.dumps(dict(preprocess)),
                      PARAM_DEFAULT_VOCABULARY: json.dumps(list(default_vocabulary), ensure_ascii=False)}),
     ]) + "\n"
 
@@ -265,52 +272,71 @@ def _move_into_place(staging: Path, out: Path) -> None:
         os.replace(staging, out)  # onto nothing or an empty folder
 
 
-def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: int = 32,
-                     max_image_bytes: int = 20 * 2**20, max_labels: int | None = None, cache_size: int = 32,
-                     default_top_k: int = 5, overwrite: bool = False, plans: Sequence[Path] = (),
-                     ort_tensorrt: str | None = None, ort_tensorrt_cache: str | None = None) -> Path:
+def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: int = 32, cache_size: int = 32,
+                     tokenizer_cache_size: int = 10_000, queue_delay_us: int = ENTRY_QUEUE_DELAY_US,
+                     overwrite: bool = False, plans: Sequence[Path] = (), ort_tensorrt: str | None = None,
+                     ort_tensorrt_cache: str | None = None, **caps: int) -> Path:
     """Write a Triton model repository for the engines in ``engines`` (``sigrl export``) to ``out``.
 
-    ``max_batch`` caps the images per batch of ``sigrl`` and ``preprocess`` (at most the image
-    engine's batch range), ``max_labels`` the labels per request (default and at most the engines'
-    class range), ``max_image_bytes`` an encoded image's size; ``cache_size`` vocabularies stay
-    encoded. A non-empty ``out`` is replaced only with ``overwrite``. Returns ``out``.
+    ``max_batch`` caps the images per batch of ``sigrl`` (at most the image engine's batch range);
+    ``caps`` are the entry model's :class:`~sigrl.serving.backend.EntryLimits` (``max_image_bytes``,
+    ``max_request_bytes``, ``max_image_pixels``, ``max_request_pixels``, ``max_labels`` (default and at
+    most the engines' class range), ``max_label_chars``, ``max_label_tokens`` (default and at most what
+    fits the text encoder's context with the prompt template), ``default_top_k``). ``cache_size``
+    vocabularies stay encoded, ``tokenizer_cache_size`` BPE words stay cached; ``queue_delay_us`` is how
+    long the dynamic batcher may hold a request for others. A non-empty ``out`` is replaced only with
+    ``overwrite``. Returns ``out``.
     ``plans``: folders of ``sigrl build-engines`` for the tensorrt runtime (default ``engines``), one per
     compute capability; ``ort_tensorrt``: a precision_mode that turns on ONNX Runtime's TensorRT
     accelerator for the onnxruntime runtime, with its engine cache in ``ort_tensorrt_cache``.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    unknown = sorted(set(caps) - {f.name for f in fields(EntryLimits)})
+    if unknown:
+        raise TypeError(f"build_repository() got unknown caps {unknown}")
     engines, out = Path(engines), Path(out)
     config = engine_config(engines)
     text_spec, image_spec = specs = engine_specs(config)
     metadata = read_metadata(engines / text_spec.file_name)
     class_max, batch_max = text_spec.axis_ranges["C"][2], image_spec.axis_ranges["B"][2]
-    max_labels = class_max if max_labels is None else max_labels
+    token_max = max_label_tokens(metadata["prompt_template"])
+    limits = replace(EntryLimits(max_labels=class_max, max_label_tokens=token_max), **caps)
     _check_range("max_batch", max_batch, 1, batch_max)
-    _check_range("max_labels", max_labels, 1, class_max)
-    _check_range("max_image_bytes", max_image_bytes, 1)
+    for cap in fields(EntryLimits):
+        high = {"max_labels": class_max, "max_label_tokens": token_max}.get(cap.name)
+        _check_range(cap.name, getattr(limits, cap.name), 1, high)
     _check_range("cache_size", cache_size, 0)
-    _check_range("default_top_k", default_top_k, 1)
+    _check_range("tokenizer_cache_size", tokenizer_cache_size, 0)
+    _check_range("queue_delay_us", queue_delay_us, 0)
     preprocess = _preprocess_params(metadata, image_spec.image_size)
     _check_target(out, overwrite)
     _check_runtime_options(runtime, plans, ort_tensorrt, ort_tensorrt_cache)
     files = _engine_files(engines, runtime, specs, plans)
     extra = _engine_extras(runtime, files, ort_tensorrt, ort_tensorrt_cache)
+    precisions = engine_precisions(engines)
+    if runtime == "python" and "bf16" in precisions.values():
+        raise ValueError(f"the engines in {engines} are bf16, which ONNX Runtime's CPU provider (the python runtime) "
+                         "cannot run: serve them as TensorRT plans (--runtime tensorrt) or with onnxruntime on a GPU")
+    for name, precision in precisions.items():  # recorded for operators and clients reading the config
+        extra[name].append(_parameters({"precision": precision}))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
         configs = {spec.name: engine_model_config(spec, runtime, extra[spec.name]) for spec in specs}
-        configs[PREPROCESS_MODEL] = preprocess_model_config(image_spec.image_size, preprocess, max_batch)
-        configs[ENTRY_MODEL] = entry_model_config(max_batch, max_image_bytes, max_labels, cache_size, default_top_k,
-                                                  json.loads(metadata["vocabulary"]))
-        python_models = {PREPROCESS_MODEL: PreprocessModel, ENTRY_MODEL: SigRLModel}
+        configs[ENTRY_MODEL] = entry_model_config(max_batch, limits, cache_size, tokenizer_cache_size, preprocess,
+                                                  json.loads(metadata["vocabulary"]), queue_delay_us)
+        python_models: dict[str, type] = {ENTRY_MODEL: SigRLModel}
         if runtime == "python":
             python_models.update(_PYTHON_MODELS)
+        for spec in specs:
+            (staging / spec.name / "warmup").mkdir(parents=True)
+            for file_name, data in warmup_files(spec).items():
+                (staging / spec.name / "warmup" / file_name).write_bytes(data)
         for name, text in configs.items():
             parse_model_config(text)
-            (staging / name / VERSION).mkdir(parents=True)
+            (staging / name / VERSION).mkdir(parents=True, exist_ok=True)
             (staging / name / "config.pbtxt").write_text(text)
             if name in python_models:
                 (staging / name / VERSION / "model.py").write_text(_shim(python_models[name]))

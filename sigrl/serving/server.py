@@ -17,11 +17,27 @@ Stopping is careful: the python backend runs one stub process per model instance
 process group and talks to it through ``/dev/shm`` regions. A server killed outright leaves both
 behind, so :meth:`TritonServer.stop` interrupts it, then kills whatever is left of its process group,
 then removes the shared-memory files carrying this server's unique prefix.
+
+Secure defaults (what a local user or a remote client could otherwise do to the server):
+
+* the shared-memory, logging, model-repository and trace APIs are restricted on HTTP and gRPC
+  (Triton's ``--http-restricted-api`` / ``--grpc-restricted-protocol``): a request must carry the
+  operator's key in the HTTP header ``sigrl-admin-key`` (gRPC metadata
+  ``triton-grpc-protocol-sigrl-admin-key``); without a key they are closed to everyone (the
+  expected value contains a line break, which no HTTP header or gRPC metadata value can carry);
+* the python stubs' ``/dev/shm`` regions (which carry request data) are made private to this user
+  (mode 0600) as soon as they appear: the python backend creates them world-readable (0644, whatever
+  the umask), so a local process that opens one in the first moments keeps its handle; see
+  :meth:`TritonServer.protect_shared_memory`;
+* Triton gets a parent-death signal: it dies with the process that started it, however that dies;
+* Triton's log is kept when the server dies on its own (:attr:`TritonServer.kept_log`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
+import ipaddress
 import os
 import re
 import signal
@@ -40,6 +56,13 @@ from types import TracebackType
 from typing import Literal
 
 SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "sigrl_triton_"  # + "<pid of the starting process>_<random>_"
+# The APIs no client needs for inference: shared memory lets a client point outputs at any /dev/shm file the
+# server can open, logging and trace change server settings, model-repository loads and unloads models.
+RESTRICTED_APIS = ("shared-memory", "logging", "model-repository", "trace")
+ADMIN_HEADER = "sigrl-admin-key"
+_CLOSED = "closed\nto every client"  # a header value no request can carry: the restricted APIs stay shut
+_PR_SET_PDEATHSIG = 1
 _INSTALL_HINT = 'install it with `pip install -c constraints.txt -e ".[serve]"`'
 # Triton's last words when another process took a port between free_port() and its bind:
 # "failed to start HTTP service: Unavailable - Socket '127.0.0.1:43919' already in use".
@@ -131,8 +154,12 @@ class TritonServer:
     """A ``tritonserver`` process serving ``repo`` on ``host`` (loopback by default), as a context manager.
 
     Ports left as ``None`` are picked free at start (and picked again, up to three times, if
-    another process takes one first). ``model_control`` is Triton's ``--model-control-mode``:
-    ``"none"`` loads every model at start and fails the start if one does not load.
+    another process takes one first); Prometheus metrics are served on ``metrics_port``
+    (``/metrics``). ``model_control`` is Triton's ``--model-control-mode``: ``"none"`` loads every
+    model at start and fails the start if one does not load. ``admin_key`` opens the restricted APIs
+    (:data:`RESTRICTED_APIS`) to requests carrying it in the ``sigrl-admin-key`` header; None keeps
+    them closed. ``log_file`` receives Triton's log (default: a file in the server's work folder,
+    removed by :meth:`stop` unless the server died on its own).
     """
 
     def __init__(
@@ -143,18 +170,27 @@ class TritonServer:
         host: str = "127.0.0.1",
         log_verbose: int = 0,
         model_control: ModelControl = "none",
+        metrics_port: int | None = None,
+        admin_key: str | None = None,
+        log_file: Path | None = None,
     ) -> None:
+        if admin_key is not None and not re.fullmatch(r"[\x21-\x7e]{16,}", admin_key):
+            raise ValueError("the admin key must be at least 16 printable ASCII characters without spaces")
         self.repo = Path(repo).resolve()
         self.host = host
         self.log_verbose = log_verbose
         self.model_control = model_control
-        self._fixed_grpc_port = grpc_port
-        self._fixed_http_port = http_port
+        self.admin_key = admin_key
+        self._fixed_ports = {"grpc": grpc_port, "http": http_port, "metrics": metrics_port}
         self.grpc_port = grpc_port
         self.http_port = http_port
-        self.shm_prefix = f"sigrl_triton_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
+        self.metrics_port = metrics_port
+        self.shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:8]}_"
+        self._log_file = None if log_file is None else Path(log_file).resolve()
+        self.kept_log: Path | None = None  # the last log kept by stop()
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._stubs: dict[int, str] = {}
 
     @property
     def grpc_url(self) -> str:
@@ -167,13 +203,20 @@ class TritonServer:
         return f"{self.host}:{self._port(self.http_port)}"
 
     @property
+    def metrics_url(self) -> str:
+        """``http://host:port/metrics``: Triton's Prometheus metrics."""
+        return f"http://{self.host}:{self._port(self.metrics_port)}/metrics"
+
+    @property
     def pid(self) -> int | None:
         """Process id of the running server (also its process-group id), or None when not running."""
         return None if self._proc is None else self._proc.pid
 
     @property
     def log_path(self) -> Path | None:
-        """The server's combined stdout/stderr log while it runs (removed by :meth:`stop`)."""
+        """The server's combined stdout/stderr log while it runs: ``log_file``, else one in the work folder."""
+        if self._log_file is not None:
+            return self._log_file
         return None if self._workdir is None else Path(self._workdir.name) / "tritonserver.log"
 
     def _port(self, port: int | None) -> int:
@@ -209,32 +252,28 @@ class TritonServer:
     def start(self, timeout: float = 300) -> None:
         """Start the server and wait until it is ready; on failure leave nothing running and raise RuntimeError.
 
-        The error carries the tail of the server log, where Triton says which model failed and why. The
-        generous default is for the first start in a fresh environment: every python stub imports torch
-        and open_clip and compiles their bytecode, which took over 60 s on a 2-core CI machine.
+        The error carries the tail of the server log, where Triton says which model failed and why, and
+        the path of the kept log. The generous default is for the first start in a fresh environment:
+        every python stub imports torch and open_clip and compiles their bytecode, which took over 60 s
+        on a 2-core CI machine.
         """
         if self._proc is not None:
             raise RuntimeError(f"the server is already running (pid {self._proc.pid})")
+        remove_stale_shared_memory()
         for attempt in range(1, _PORT_ATTEMPTS + 1):
             try:
                 self._start_once(timeout)
                 return
             except RuntimeError as error:
                 taken = _PORT_IN_USE.search(str(error))
-                fixed = {self._fixed_grpc_port, self._fixed_http_port}
-                if taken is None or int(taken.group(1)) in fixed or attempt == _PORT_ATTEMPTS:
+                if taken is None or int(taken.group(1)) in self._fixed_ports.values() or attempt == _PORT_ATTEMPTS:
                     raise
 
-    def _start_once(self, timeout: float) -> None:
-        """Launch one server process on the configured (or freshly picked) ports and wait for it."""
-        for port in (self._fixed_grpc_port, self._fixed_http_port):
-            if port is not None:
-                _check_port_free(self.host, port)  # else is_ready() could get its answer from whoever holds it
-        self._workdir = tempfile.TemporaryDirectory(prefix="sigrl-triton-")
-        workdir = Path(self._workdir.name)
-        self.grpc_port = self._fixed_grpc_port or free_port(self.host)
-        self.http_port = self._fixed_http_port or free_port(self.host)
-        command = [
+    def _command(self, workdir: Path) -> list[str]:
+        """The ``tritonserver`` command line for the current ports."""
+        key = _CLOSED if self.admin_key is None else self.admin_key
+        restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={key}"
+        return [
             str(find_tritonserver()),
             f"--model-repository={self.repo}",
             f"--model-control-mode={self.model_control}",
@@ -242,46 +281,102 @@ class TritonServer:
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             f"--grpc-address={self.host}",
             f"--grpc-port={self.grpc_port}",
+            f"--grpc-restricted-protocol={restricted}",
             f"--http-address={self.host}",
             f"--http-port={self.http_port}",
-            "--allow-metrics=false",
+            f"--http-restricted-api={restricted}",
+            "--allow-metrics=true",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",  # no CUDA here: skips a failed pinned-memory allocation
             "--exit-timeout-secs=5",
             f"--log-verbose={self.log_verbose}",
         ]
+
+    def _start_once(self, timeout: float) -> None:
+        """Launch one server process on the configured (or freshly picked) ports and wait for it."""
+        for flag, port in self._fixed_ports.items():
+            if port is not None:
+                _check_port_free(self.host, port, flag)  # else is_ready() could get its answer from whoever holds it
+        self._workdir = tempfile.TemporaryDirectory(prefix="sigrl-triton-")
+        workdir = Path(self._workdir.name)
+        self.grpc_port, self.http_port, self.metrics_port = (
+            self._fixed_ports[flag] or free_port(self.host) for flag in ("grpc", "http", "metrics"))
         try:
-            with open(workdir / "tritonserver.log", "wb") as log:  # the child keeps its own handle
+            with open(self.log_path, "ab") as log:  # the child keeps its own handle
                 self._proc = subprocess.Popen(
-                    command,
+                    self._command(workdir),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=server_env(),
                     cwd=workdir,
                     start_new_session=True,  # its own process group: stop() reaches the python stubs too
+                    preexec_fn=_child_setup,
                 )
             self._wait_ready(self._proc, timeout)
+            self._stubs = stub_processes(self._proc.pid)
         except BaseException:  # a failed start or Ctrl-C while waiting: leave nothing running
-            self.stop()
+            self.stop(keep_log=True)
             raise
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
         """Poll readiness until ``timeout``; RuntimeError with the log tail if ``proc`` exits or times out."""
         deadline = time.monotonic() + timeout
         while not self.is_ready():
+            self.protect_shared_memory()
             code = proc.poll()
             if code is not None or time.monotonic() > deadline:
                 reason = f"exited with code {code}" if code is not None else f"was not ready after {timeout:g} s"
                 raise RuntimeError(f"tritonserver {reason}, serving {self.repo}. Log tail:\n{self.log_tail()}")
-            time.sleep(0.1)
+            time.sleep(0.02)
+        self.protect_shared_memory()
 
-    def stop(self) -> None:
+    def protect_shared_memory(self) -> None:
+        """Make this server's ``/dev/shm`` regions readable and writable by this user only.
+
+        The python backend creates them with mode 0644 (boost.interprocess sets the mode after creating
+        the file, so a umask does not help); a region holds the requests and responses of its stub.
+        Called while waiting for the server and by every health check (a restarted stub makes new ones).
+        """
+        for path in SHM_DIR.glob(f"{self.shm_prefix}*"):
+            try:
+                if path.stat().st_mode & 0o077:
+                    path.chmod(0o600)
+            except FileNotFoundError:
+                continue
+
+    def dead_stubs(self) -> list[str]:
+        """Model instances whose python stub has died since the server became ready.
+
+        Triton keeps such a model "ready" while every request to it fails, so only the process table tells.
+        """
+        return sorted({name for pid, name in self._stubs.items() if not _alive(pid)})
+
+    def is_healthy(self) -> bool:
+        """Running, ready and no python stub dead."""
+        self.protect_shared_memory()
+        return self._proc is not None and self._proc.poll() is None and self.is_ready() and not self.dead_stubs()
+
+    def restart(self, timeout: float = 300) -> None:
+        """Stop and start again on the same ports (a dead stub is only restored by restarting its server)."""
+        ports = dict(self._fixed_ports)
+        self._fixed_ports.update(grpc=self.grpc_port, http=self.http_port, metrics=self.metrics_port)
+        try:
+            self.stop(keep_log=bool(self.dead_stubs()) or None)
+            self.start(timeout)
+        finally:
+            self._fixed_ports = ports
+
+    def stop(self, keep_log: bool | None = None) -> None:
         """Stop the server and its python stubs and remove their shared memory; safe to call twice.
 
         SIGTERM lets Triton unload the models and stop the stubs (SIGINT would be ignored when this process
         was started in the background by a shell, which marks SIGINT ignored for it); whatever is left of the process
-        group after ~10 s is killed, and ``/dev/shm`` files with this server's prefix are removed.
+        group after ~10 s is killed, and ``/dev/shm`` files with this server's prefix are removed. The log in
+        the work folder is kept (:attr:`kept_log`) when ``keep_log`` is true, or by default when the server
+        did not exit cleanly (it died on its own, or had to be killed).
         """
         proc, self._proc = self._proc, None
         if proc is not None:
@@ -292,9 +387,19 @@ class TritonServer:
                 except subprocess.TimeoutExpired:
                     pass
             _kill_group(proc)
+            if keep_log is None:  # Triton exits with 0 when SIGTERM stops it cleanly
+                keep_log = proc.returncode != 0
         for path in SHM_DIR.glob(f"{self.shm_prefix}*"):
             path.unlink(missing_ok=True)
+        self._stubs = {}
         if self._workdir is not None:
+            log = Path(self._workdir.name) / "tritonserver.log"
+            if keep_log and log.exists():
+                kept = Path(tempfile.gettempdir()) / f"sigrl-triton-{time.strftime('%Y%m%d-%H%M%S')}-{proc.pid}.log"
+                os.replace(log, kept)
+                self.kept_log = kept
+            elif keep_log and self._log_file is not None:
+                self.kept_log = self._log_file
             self._workdir.cleanup()
             self._workdir = None
 
@@ -308,14 +413,100 @@ class TritonServer:
         self.stop()
 
 
-def _check_port_free(host: str, port: int) -> None:
-    """Raise RuntimeError if ``port`` on ``host`` cannot be bound (another server holds it)."""
+class PortInUseError(RuntimeError):
+    """A fixed port cannot be bound: ``flag`` names which (``grpc``, ``http`` or ``metrics``)."""
+
+    def __init__(self, message: str, flag: str) -> None:
+        super().__init__(message)
+        self.flag = flag
+
+
+def _check_port_free(host: str, port: int, flag: str) -> None:
+    """Raise PortInUseError if ``port`` on ``host`` cannot be bound (another server holds it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no conflict
         try:
             sock.bind((host, port))
         except OSError as error:
-            raise RuntimeError(f"port {port} on {host} is not free ({error.strerror}): pick another") from error
+            raise PortInUseError(f"{flag} port {port} on {host} is not free ({error.strerror}): pick another",
+                                 flag) from error
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` is a loopback address or ``localhost`` (reachable from this machine only)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _child_setup() -> None:
+    """Run in the Triton child before exec: private files (its log, model outputs) and death with its parent.
+
+    ``PR_SET_PDEATHSIG`` sends SIGKILL to Triton when the thread that started it dies, whatever kills
+    it (``kill -9`` included); the python stubs notice their dead server and exit on their own.
+    """
+    os.umask(0o077)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+def _alive(pid: int) -> bool:
+    """True when ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def stub_processes(server_pid: int) -> dict[int, str]:
+    """The python-backend stubs of a server: {pid: model instance name} of its stub children."""
+    stubs = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # exited meanwhile
+            continue
+        if int(fields[1]) == server_pid and argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 8:
+            stubs[int(stat.parent.name)] = argv[8].decode(errors="replace")
+    return stubs
+
+
+def _command_lines() -> str:
+    """The command lines of all processes, one per line."""
+    lines = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            lines.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue
+    return "\n".join(lines)
+
+
+def remove_stale_shared_memory(owner: int | None = None) -> list[Path]:
+    """Remove this user's ``/dev/shm`` regions left by servers whose starting process is gone; return them.
+
+    A server killed with its wrapper (``kill -9``) cannot clean up; the next start does it.
+    """
+    removed = []
+    owner = os.getuid() if owner is None else owner
+    in_use = _command_lines()  # an orphaned server (of older code) may still run: leave its regions
+    for path in SHM_DIR.glob(f"{SHM_PREFIX}*"):
+        starter, _, rest = path.name[len(SHM_PREFIX):].partition("_")
+        prefix = f"{SHM_PREFIX}{starter}_{rest.partition('_')[0]}_"
+        try:
+            if (starter.isdigit() and path.stat().st_uid == owner and not _alive(int(starter))
+                    and prefix not in in_use):
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    return removed
 
 
 def _kill_group(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
