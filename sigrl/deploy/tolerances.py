@@ -29,7 +29,8 @@ TOLERANCES = {
     "fp32": Tolerance(embedding_max_abs=1e-4, embedding_rel_l2=1e-5, score_max_abs=1e-5),
     "fp16": Tolerance(embedding_max_abs=5e-2, embedding_rel_l2=1e-2, score_max_abs=5e-3),
     "bf16": Tolerance(embedding_max_abs=2e-1, embedding_rel_l2=4e-2, score_max_abs=1.5e-2),
-    # int8: the text engine stays fp32. Scores: the trained tiny (64-wide layers quantize coarsely) measured
-    # max abs 2.5e-2 (B = 1) to 9.3e-2 (B = 8) with its ranking and mAP (-0.04) intact
-    "int8": Tolerance(embedding_max_abs=1e-4, embedding_rel_l2=1e-5, score_max_abs=1e-1),
+    # int8: the text engine stays fp32. Dynamic int8 moves scores a lot while keeping rankings: the trained tiny
+    # measured max abs 2.5e-2 to 1.05e-1 (rel L2 up to 0.28), random vit-b16 2.8e-2, with test mAP -0.04.
+    # This bound is loose; for int8 the accuracy check that matters is ΔmAP through the engines (sigrl eval).
+    "int8": Tolerance(embedding_max_abs=1e-4, embedding_rel_l2=1e-5, score_max_abs=1.5e-1),
 }
