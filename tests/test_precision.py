@@ -179,7 +179,9 @@ def test_parity_command_reads_the_precision(precision_engines, capsys):
                  "--classes", "12", "--batch", "2"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "onnxruntime int8" in out and " int8" in out.splitlines()[2]
+    assert "onnxruntime int8" in out and "(text fp32, image int8)" in out
+    rows = {line.split()[0]: line.split()[1] for line in out.splitlines()[2:] if line.startswith(("text_", "image_"))}
+    assert rows == {"text_gmc:label_emb": "fp32", "text_gmc:graph_emb": "fp32", "image_svfr:scores": "int8"}
 
 
 def test_engines_without_precision_metadata_are_fp32(tiny_engines, tmp_path):
@@ -203,7 +205,9 @@ def test_precision_mistakes_are_one_line(tiny_engines, precision_engines, capsys
     assert main(["parity", "--checkpoint", str(checkpoint), "--engines", str(fp32), "--precision", "fp16"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "are fp32, not fp16" in err
-    assert main(["export", "--checkpoint", str(checkpoint), "--out", "x", "--class-chunk", "0"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--checkpoint", str(checkpoint), "--out", "x", "--class-chunk", "0"])
+    assert exit_info.value.code == 2
     assert "--class-chunk" in capsys.readouterr().err
 
 

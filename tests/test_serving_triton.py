@@ -513,7 +513,7 @@ def test_tag_folder_batches_to_the_server_limit_and_names_each_bad_file(server, 
     assert code == 2 and [Path(r["image"]).name for r in rows] == [f"{i:02d}.png" for i in range(33)]
     failed = {Path(r["image"]).name: r["error"] for r in rows if "error" in r}
     assert set(failed) == {"05.png", "32.png"}
-    assert f"{folder / '05.png'} is not in an image format" in failed["05.png"] and "image 0" not in failed["05.png"]
+    assert f"{folder / '05.png'} is not in a format this server reads" in failed["05.png"] and "image 0" not in failed["05.png"]
     assert failed["32.png"] == f"{folder / '32.png'} is empty"
     assert all(list(r["scores"]) == ["red", "circle", "blue"] and len(r["top"]) == 2 for r in rows if "error" not in r)
     errors = captured.err.splitlines()

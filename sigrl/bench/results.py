@@ -17,10 +17,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sigrl.registry import PRECISIONS  # noqa: F401  (the suite and the command read it from here)
+
 SCHEMA_VERSION = 1
 SOURCES = ("pytest-benchmark", "perf_analyzer", "gpu_bench")
 RUNTIMES = ("torch", "onnxruntime", "tensorrt", "triton")
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 # Libraries whose versions decide the numbers (recorded when installed).
 LIBRARIES = ("sigrl", "torch", "onnxruntime", "onnx", "numpy", "tritonclient", "nvidia-pytriton", "tensorrt",
              "pytest-benchmark")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import sigrl
 from sigrl.bench.results import PRECISIONS, RUNTIMES
-from sigrl.factory import list_models
+from sigrl.registry import list_models
 
 # The suite is part of the source tree, not of the installed package: found beside the sigrl folder.
 SUITE = Path(sigrl.__file__).resolve().parent.parent / "benchmarks" / "test_engines.py"

@@ -7,7 +7,7 @@ import argparse
 import numpy as np
 
 from sigrl.cli.arguments import non_negative_int, positive_int, writable_file, write_json
-from sigrl.cli.deploy import add_runtime_arguments, runtime_from_arguments
+from sigrl.cli.deploy import add_runtime_arguments, check_runtime_arguments, runtime_from_arguments
 from sigrl.registry import DATASET_NAMES
 
 
@@ -19,6 +19,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from sigrl.deploy.accuracy import runtime_predict
 
     out = writable_file("--out", args.out)  # checked before the (long) scoring
+    check_runtime_arguments(args)
     data, root, options = checkpoint_dataset(args)
     if data == "nus-wide" and args.split == "test":
         options["vocabulary"] = "gzsl"  # seen and unseen labels

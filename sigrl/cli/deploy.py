@@ -36,9 +36,10 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, engines_help: str) ->
     parser.add_argument("--device", help="where the runtime runs: cpu, cuda or cuda:N (default: cuda where available)")
 
 
-def runtime_from_arguments(args: argparse.Namespace, model):
-    """The runtime the ``add_runtime_arguments`` flags ask for, for ``model`` (a loaded checkpoint)."""
-    from sigrl.deploy.runtimes import create_runtime, ort_providers
+def check_runtime_arguments(args: argparse.Namespace) -> str:
+    """The runtime kind the ``add_runtime_arguments`` flags ask for, with the flags checked before anything
+    slow is loaded (UsageError naming the flag)."""
+    from sigrl.deploy.runtimes import ort_providers
 
     kind = args.runtime or ("onnxruntime" if args.engines else "torch")
     if kind == "torch" and args.engines:
@@ -52,6 +53,14 @@ def runtime_from_arguments(args: argparse.Namespace, model):
             raise UsageError(f"--device {args.device}: {err}") from err
     if args.engines and kind != "tensorrt":
         _check_exported_from(Path(args.engines), Path(args.checkpoint))
+    return kind
+
+
+def runtime_from_arguments(args: argparse.Namespace, model):
+    """The runtime the ``add_runtime_arguments`` flags ask for, for ``model`` (a loaded checkpoint)."""
+    from sigrl.deploy.runtimes import create_runtime
+
+    kind = check_runtime_arguments(args)
     return create_runtime(kind, model=model, engines=args.engines, precision=args.precision,
                           device=args.device or "auto")
 
@@ -74,6 +83,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
     from sigrl.deploy.runtimes import TorchRuntime
 
     json_path = writable_file("--json", args.json) if args.json else None
+    check_runtime_arguments(args)
     model = load_checkpoint(args.checkpoint)
     if not args.engines and args.runtime in (None, "torch") and args.precision in (None, "fp32"):
         raise UsageError("nothing to compare: pass --engines (exported engines) or --precision fp16/bf16 "

@@ -16,7 +16,7 @@ from sigrl.cli.arguments import (
     writable_folder,
     write_json,
 )
-from sigrl.cli.deploy import add_runtime_arguments, runtime_from_arguments
+from sigrl.cli.deploy import add_runtime_arguments, check_runtime_arguments, runtime_from_arguments
 from sigrl.errors import UsageError
 from sigrl.registry import DATASET_NAMES, LOSSES, list_models
 
@@ -148,6 +148,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from sigrl.evaluation import evaluate_dataset, format_report
 
     json_path = writable_file("--json", args.json) if args.json else None
+    check_runtime_arguments(args)
     data, root, options = checkpoint_dataset(args)
     model = load_checkpoint(args.checkpoint)
     if args.class_chunk:

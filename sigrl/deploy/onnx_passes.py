@@ -2,10 +2,11 @@
 
 - :func:`close_scan_bodies`: the dynamo exporter's ``Scan`` bodies read weights and activations from
   the enclosing graph (outer-scope captures). Some importers cannot (OpenVINO crashes on them) and
-  others are on safer ground without them, so every Scan body is made closed: a captured weight used
-  by that body alone moves into the body as its own initializer (it stays a constant that runtimes can
-  pre-pack), and everything else it reads becomes an explicit loop-carried input passed through
-  unchanged. Nested bodies are closed first.
+  others are on safer ground without them, so every Scan body is made closed: a captured initializer
+  becomes the body's own (moved when only that body reads it, copied otherwise), so weights stay
+  constants runtimes can pre-pack and reduce axes stay initializers as TensorRT requires; everything
+  else it reads becomes an explicit loop-carried input passed through unchanged. Nested bodies are
+  closed first.
 - :func:`quantize_int8`: ONNX Runtime's dynamic quantization (int8 weights per channel, int8
   activations with scales computed at run time), Scan bodies included.
 - :func:`per_image_loop`: dynamic quantization computes one activation scale over a whole tensor, so
@@ -72,9 +73,10 @@ def _close_scan(node: onnx.NodeProto, outer: onnx.GraphProto, users: dict[str, i
     new_node_inputs, new_body_inputs, new_body_outputs, new_node_outputs, passes = [], [], [], [], []
     for name in captured:
         init = outer_inits.get(name)
-        if init is not None and users.get(name, 0) == 1:  # a weight only this loop reads: make it the body's own
+        if init is not None:  # a constant stays a constant: the body gets its own copy (moved if only it reads it)
             body.initializer.append(init)
-            outer.initializer.remove(init)
+            if users.get(name, 0) == 1:
+                outer.initializer.remove(init)
             continue
         inner, carried = f"{name}{_PASS_SUFFIX}_in", f"{name}{_PASS_SUFFIX}_out"
         _rename_uses(body, name, inner)
