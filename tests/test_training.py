@@ -138,12 +138,17 @@ def test_ddp_with_two_gloo_processes_matches_single_process(tmp_path):
     # rescales to about ±lr per step, so for them only that bound holds: |Δ| <= 2 · steps · lr.
     gradient_free = {"svfr.sda_proj.bias": slice(None), "svfr.vfr_proj.bias": slice(None)}
     gradient_free.update({k: slice(width, 2 * width) for k in single_weights if k.endswith("attn.in_proj_bias")})
+    # Elsewhere an entry whose gradient is nearly zero can meet the same fate: which ones depends on the CPU's
+    # GEMM kernels (on an AVX2 EPYC one c_fc entry of 3.4M moved 4.3e-5). So: every entry within Adam's bound,
+    # and all but a handful (at most 1 in 100,000) within 1e-5.
+    over, total = 0, 0
     for key, single in single_weights.items():
         diff = (ddp_weights[key] - single).abs()
+        assert diff.max() <= 2 * 3 * 3e-3, f"{key}: DDP differs from single process by {diff.max():.2e}"
         if key in gradient_free:
-            assert diff[gradient_free[key]].max() <= 2 * 3 * 3e-3, key
             diff[gradient_free[key]] = 0
-        assert diff.max() <= 1e-5, f"{key}: DDP differs from single process by {diff.max():.2e}"
+        over, total = over + int((diff > 1e-5).sum()), total + diff.numel()
+    assert over <= total * 1e-5, f"{over} of {total} weights differ between DDP and one process by more than 1e-5"
 
 
 def test_single_positive_training_with_em_apl_on_voc_layout(tmp_path, monkeypatch):

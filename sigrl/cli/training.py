@@ -78,8 +78,6 @@ def _train_config(args: argparse.Namespace):
              if getattr(args, f.name, None) is not None and f.name not in ("model", "data", "loss")}
     if given.get("rank_scale") == 0:
         given["rank_scale"] = None
-    if args.random_init and args.pretrained:
-        raise ValueError("--random-init and --pretrained exclude each other: pass one")
     if args.resume:
         out = Path(given.get("out") or f"runs/{args.config}")
         if not (out / "last.pt").is_file():
@@ -97,6 +95,8 @@ def _train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.random_init and args.pretrained:
+        raise UsageError("--random-init and --pretrained exclude each other: pass one")
     torch_device("--device", args.device)
     if args.pretrained is not None and not Path(args.pretrained).is_file():
         raise UsageError(f"--pretrained {args.pretrained}: no such file (a local CLIP checkpoint is needed)")
