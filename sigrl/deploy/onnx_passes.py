@@ -118,6 +118,9 @@ def close_scan_bodies(graph: onnx.GraphProto) -> None:
     for node in graph.node:
         if node.op_type == "Scan":
             _close_scan(node, graph, users)
+    read = _used_names(graph) | {v.name for v in graph.output}
+    for init in [t for t in graph.initializer if t.name not in read]:  # copied into every loop that read it
+        graph.initializer.remove(init)
     _sort_nodes(graph)
 
 
