@@ -19,12 +19,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from sigrl.deploy.accuracy import runtime_predict
 
     out = writable_file("--out", args.out)  # checked before the (long) scoring
-    check_runtime_arguments(args)
+    kind = check_runtime_arguments(args)
     data, root, options = checkpoint_dataset(args)
     if data == "nus-wide" and args.split == "test":
         options["vocabulary"] = "gzsl"  # seen and unseen labels
     model = load_checkpoint(args.checkpoint)
-    runtime = runtime_from_arguments(args, model)
+    runtime = runtime_from_arguments(args, kind, model)
     dataset = build_dataset(data, args.split, root, model.config.vision_cfg["image_size"], **options)
     scores = runtime_predict(runtime, model.prompt_template, dataset, {"own": dataset.vocabulary},
                              min(args.batch_size, 32), args.workers, progress=True)["own"]

@@ -56,11 +56,10 @@ def check_runtime_arguments(args: argparse.Namespace) -> str:
     return kind
 
 
-def runtime_from_arguments(args: argparse.Namespace, model):
-    """The runtime the ``add_runtime_arguments`` flags ask for, for ``model`` (a loaded checkpoint)."""
+def runtime_from_arguments(args: argparse.Namespace, kind: str, model):
+    """The ``kind`` of runtime (from :func:`check_runtime_arguments`, called before loading ``model``)."""
     from sigrl.deploy.runtimes import create_runtime
 
-    kind = check_runtime_arguments(args)
     return create_runtime(kind, model=model, engines=args.engines, precision=args.precision,
                           device=args.device or "auto")
 
@@ -83,12 +82,12 @@ def cmd_parity(args: argparse.Namespace) -> int:
     from sigrl.deploy.runtimes import TorchRuntime
 
     json_path = writable_file("--json", args.json) if args.json else None
-    check_runtime_arguments(args)
+    kind = check_runtime_arguments(args)
     model = load_checkpoint(args.checkpoint)
-    if not args.engines and args.runtime in (None, "torch") and args.precision in (None, "fp32"):
+    if kind == "torch" and args.precision in (None, "fp32"):
         raise UsageError("nothing to compare: pass --engines (exported engines) or --precision fp16/bf16 "
                          "(PyTorch at that precision)")
-    candidate = runtime_from_arguments(args, model)
+    candidate = runtime_from_arguments(args, kind, model)
     reference = TorchRuntime(model, candidate.provider if candidate.name == "torch" else "cpu")
     vocabularies, images = parity_inputs(model.vocabulary or [], model.prompt_template,
                                          model.config.vision_cfg["image_size"], args.classes, args.batch)

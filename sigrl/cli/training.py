@@ -148,13 +148,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from sigrl.evaluation import evaluate_dataset, format_report
 
     json_path = writable_file("--json", args.json) if args.json else None
-    check_runtime_arguments(args)
+    kind = check_runtime_arguments(args)
     data, root, options = checkpoint_dataset(args)
     model = load_checkpoint(args.checkpoint)
     if args.class_chunk:
         model.set_class_chunk(args.class_chunk)
-    if args.engines or args.runtime not in (None, "torch") or args.precision not in (None, "fp32"):
-        runtime = runtime_from_arguments(args, model)
+    if kind != "torch" or args.precision not in (None, "fp32"):
+        runtime = runtime_from_arguments(args, kind, model)
         print(f"scoring with {runtime.name} {runtime.precision} ({runtime.provider})")
         report = evaluate_runtime(runtime, model.prompt_template, model.config.vision_cfg["image_size"], data, root,
                                   args.split, min(args.batch_size, 32), args.workers, progress=True, **options)
