@@ -171,7 +171,10 @@ def test_every_runtime_writes_parseable_configs(runtime, plan_engines, tmp_path)
                       "tokenizer_cache_size": "10000",
                       "default_vocabulary": json.dumps(VOCABULARY, ensure_ascii=False)}
     settings = json.loads((repo / "sigrl" / "1" / "sigrl.json").read_text(encoding="utf-8"))
-    assert settings == {"vocabulary": VOCABULARY, "prompt_template": sigrl.DEFAULT_TEMPLATE}
+    local = {"local_engines": {name: f"{name}/1/{name}.onnx" for name in ("text_gmc", "image_svfr")}}
+    assert settings == {"vocabulary": VOCABULARY, "prompt_template": sigrl.DEFAULT_TEMPLATE,
+                        **(local if runtime == "python" else {})}  # the python runtime runs them in the entry
+    assert all((repo / path).is_file() for path in settings.get("local_engines", {}).values())
     assert sorted(p.name for p in (repo / "sigrl" / "1").iterdir()) == ["model.py", "sigrl.json"]
 
 
@@ -195,6 +198,8 @@ def test_default_max_labels_is_the_engines_class_range(fake_engines, tmp_path):
     ("kwargs", "message"),
     [
         ({"runtime": "tvm"}, r"runtime must be one of"),
+        ({"entry_engines": "remote"}, r"entry_engines must be one of \('local', 'bls'\), got 'remote'"),
+        ({"runtime": "onnxruntime", "entry_engines": "local"}, r"only with the python runtime"),
         ({"max_batch": 0}, r"max_batch must be in \[1, 32\], got 0"),
         ({"max_batch": 33}, r"max_batch must be in \[1, 32\], got 33"),
         ({"max_labels": 1025}, r"max_labels must be in \[1, 1024\]"),

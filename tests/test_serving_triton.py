@@ -17,6 +17,7 @@ import re
 import statistics
 import threading
 import time
+import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -132,6 +133,28 @@ def stats_after(client: grpcclient.InferenceServerClient, model: str, before: tu
         time.sleep(0.05)
 
 
+def entry_counters(server: TritonServer) -> dict[str, float]:
+    """The entry model's counters on ``/metrics``, as {'sigrl_engine_runs_total{engine="image_svfr"}': value}."""
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    return {name: float(value) for name, value in re.findall(r"^(sigrl_\S+) (\S+)$", text, re.MULTILINE)}
+
+
+def counters_after(server: TritonServer, before: dict[str, float], expected: dict[str, float],
+                   timeout: float = 10.0) -> dict[str, float]:
+    """Increments of the entry counters since ``before``, once those in ``expected`` reached their values."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = entry_counters(server)
+        delta = {name: value - before.get(name, 0.0) for name, value in now.items()}
+        if all(delta.get(name, 0.0) >= value for name, value in expected.items()) or time.monotonic() > deadline:
+            return delta
+
+
+TEXT_RUNS, IMAGE_RUNS = 'sigrl_engine_runs_total{engine="text_gmc"}', 'sigrl_engine_runs_total{engine="image_svfr"}'
+HITS, MISSES = 'sigrl_vocabulary_lookups_total{result="hit"}', 'sigrl_vocabulary_lookups_total{result="miss"}'
+
+
 @pytest.fixture(scope="module")
 def engines(tiny_engines) -> Path:
     return tiny_engines[1]
@@ -238,20 +261,36 @@ def test_entry_scores_equal_in_process_preprocessing_and_engines(client, ort_run
     assert default.as_numpy("top_labels").shape == (3, 5)
 
 
+def test_entry_calling_the_engine_models_through_bls_scores_the_same(engines, ort_runtime, metadata, tmp_path):
+    """``entry_engines="bls"`` (the GPU runtimes' path): the entry model calls ``text_gmc`` and
+    ``image_svfr`` (their own statistics count the calls) and answers bit for bit as in process."""
+    repo = build_repository(engines, "python", tmp_path / "repo", entry_engines="bls")
+    assert "local_engines" not in json.loads((repo / "sigrl" / "1" / "sigrl.json").read_text())
+    images, labels = [png_bytes(96, 80, 1), png_bytes(64, 64, 2)], ["cyan", "star", "red"]
+    with TritonServer(repo) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        scores = client.infer("sigrl", entry_inputs(images, labels)).as_numpy("scores")
+        assert [model_stats(client, name)[1] for name in ("text_gmc", "image_svfr")] == [2, 2]  # warm-up + BLS
+        assert entry_counters(server)[IMAGE_RUNS] == 1
+        client.close()
+    np.testing.assert_array_equal(scores, ort_runtime.predict(local_pixels(images),
+                                                              sigrl.tokenize(labels, metadata["prompt_template"])))
+
+
 # ------------------------------------------------------------------------------ cache and batching
 
 
-def test_vocabulary_cache_hit_is_faster_than_a_miss(client):
+def test_vocabulary_cache_hit_is_faster_than_a_miss(server, client):
     """500 made-up labels: a miss tokenises them and runs ``text_gmc``; a hit reuses the embeddings.
 
     Each round asks a new order of the same labels (a miss: the key is the ordered tuple), then the
-    same order again (a hit). ``text_gmc``'s own statistics count the misses.
+    same order again (a hit). The entry model's counters on ``/metrics`` count lookups and text runs.
     """
     image = [png_bytes(64, 64, 7)]
     names = [f"made-up label {i}" for i in range(500)]
     rng = np.random.default_rng(0)
     misses, hits = [], []
-    text_before = settled_stats(client, "text_gmc")
+    before = entry_counters(server)
     for _ in range(5):
         order = [names[i] for i in rng.permutation(len(names))]
         timings = []
@@ -261,28 +300,29 @@ def test_vocabulary_cache_hit_is_faster_than_a_miss(client):
             timings.append(time.perf_counter() - start)
         misses.append(timings[0])
         hits.append(timings[1])
-    assert stats_after(client, "text_gmc", text_before, 5) == (5, 5)  # one text_gmc call per miss, none per hit
+    counted = counters_after(server, before, {HITS: 5, MISSES: 5})
+    assert (counted[HITS], counted[MISSES], counted[TEXT_RUNS]) == (5, 5, 5)  # one text run per miss, none per hit
     miss, hit = statistics.median(misses), statistics.median(hits)
     print(f"\nvocabulary of 500 labels: cache miss {miss * 1e3:.1f} ms, hit {hit * 1e3:.1f} ms (medians of 5)")
     assert hit < 0.7 * miss
 
 
-def test_dynamic_batching_merges_concurrent_requests(client):
+def test_dynamic_batching_merges_concurrent_requests(server, client):
     """32 concurrent requests, half against 12 labels and half against 5 (ragged labels batch together):
-    fewer executions than requests, and one ``image_svfr`` call per vocabulary of a batch."""
+    fewer executions than requests, and one image engine run per vocabulary of a batch."""
     image = [png_bytes(64, 64, 11)]
     first = [f"label {i}" for i in range(12)]
     second = [f"other {i}" for i in range(5)]
     client.infer("sigrl", entry_inputs(image, first, 2))  # encode both vocabularies before counting
     client.infer("sigrl", entry_inputs(image, second, 2))
-    entry_before, image_before = settled_stats(client, "sigrl"), settled_stats(client, "image_svfr")
+    entry_before, counters_before = settled_stats(client, "sigrl"), entry_counters(server)
     requests = [entry_inputs(image, first if i % 2 else second, 2) for i in range(32)]
     answers = infer_concurrently(client, "sigrl", requests)
     assert all(not isinstance(a, Exception) for a in answers), [a for a in answers if isinstance(a, Exception)]
     assert [a.as_numpy("scores").shape[1] for a in answers] == [12 if i % 2 else 5 for i in range(32)]
     inferences, executions = stats_after(client, "sigrl", entry_before, 32)
-    image_calls = stats_after(client, "image_svfr", image_before, executions)[1]
-    print(f"\nsigrl: {inferences} inferences in {executions} executions; image_svfr: {image_calls} calls")
+    image_calls = counters_after(server, counters_before, {IMAGE_RUNS: executions})[IMAGE_RUNS]
+    print(f"\nsigrl: {inferences} inferences in {executions} executions; image engine: {image_calls:.0f} runs")
     assert inferences == 32 and executions < inferences
     assert image_calls <= 2 * executions and image_calls < 32
 

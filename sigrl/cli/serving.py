@@ -23,7 +23,7 @@ def cmd_triton_repo(args: argparse.Namespace) -> int:
     repo = build_repository(Path(args.engines), args.runtime, Path(args.out), max_batch=args.max_batch,
                             queue_delay_us=args.queue_delay_us, overwrite=args.overwrite,
                             plans=[Path(p) for p in args.plans], ort_tensorrt=args.ort_tensorrt,
-                            ort_tensorrt_cache=args.ort_tensorrt_cache, **caps)
+                            ort_tensorrt_cache=args.ort_tensorrt_cache, entry_engines=args.entry_engines, **caps)
     print(f"Triton model repository ({args.runtime} runtime) written to {repo}")
     return 0
 
@@ -207,6 +207,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                           ("max-label-tokens", "tokens per label name (default: what fits the prompt context)"),
                           ("default-top-k", "top labels returned when a request sets no top_k (default 5)")):
         caps.add_argument(f"--{flag}", type=int, help=meaning)
+    repo.add_argument("--entry-engines", choices=("local", "bls"),
+                      help="how the entry model runs the engines: local, in its own sessions (python runtime only, "
+                           "its default: one hop less per request, a second copy of each engine in memory), or bls, "
+                           "calling the engine models (default for the GPU runtimes)")
     repo.add_argument("--overwrite", action="store_true", help="replace an existing repository")
     repo.add_argument("--plans", nargs="+", default=[], metavar="DIR",
                       help="tensorrt: `sigrl build-engines` folders, one per compute capability (default: --engines)")

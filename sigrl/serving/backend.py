@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sigrl.data.transforms import build_transform
-from sigrl.deploy.engines import engine_specs
+from sigrl.deploy.engines import ImageSVFREngine, TextGMCEngine, engine_specs
 from sigrl.deploy.onnx_export import read_metadata
 from sigrl.deploy.runtimes import prepare_token_ids
 from sigrl.model import SigRLConfig
@@ -52,6 +52,7 @@ Embeddings = tuple[np.ndarray, np.ndarray]  # (label_emb, graph_emb), both C×D 
 # Layout shared with sigrl.serving.repository: parameter keys, the entry model's settings file (the names
 # clients see too are in sigrl.serving.protocol).
 SETTINGS_FILE = "sigrl.json"
+SETTING_LOCAL_ENGINES = "local_engines"  # {engine: ONNX file relative to the repository}, run in the entry's stub
 PARAM_PREPROCESS = "preprocess"
 PARAM_CACHE_SIZE = "cache_size"
 PARAM_TOKENIZER_CACHE_SIZE = "tokenizer_cache_size"
@@ -455,38 +456,62 @@ def _answer_each(model: str, requests: list[Any], answer: Callable[[Any], Mappin
     return responses
 
 
-class _EngineModel:
-    """An exported engine run by ONNX Runtime on CPU, inputs checked with the engine spec and for finiteness."""
+class EngineSession:
+    """One exported engine in an ONNX Runtime CPU session, with the checks a served engine applies to its inputs.
 
-    engine: ClassVar[str]
+    ONNX Runtime's threads stop spinning when a run ends (``session.force_spinning_stop``): in a server,
+    Triton, its stubs and the gRPC threads share the cores, and threads spinning between runs take them
+    from the others. Results are those of
+    :class:`sigrl.deploy.runtimes.OnnxRuntime` bit for bit (whatever precision the graph computes in, its
+    inputs and outputs are float32).
+    """
 
-    def initialize(self, args: dict[str, str]) -> None:
+    def __init__(self, path: Path) -> None:
         import onnxruntime as ort  # an optional extra (cpu/gpu), as in sigrl.deploy.runtimes
 
-        path = version_dir(args) / f"{self.engine}.onnx"
         self.config = SigRLConfig(**json.loads(read_metadata(path)["config"]))
-        self.spec = next(spec for spec in engine_specs(self.config) if spec.name == self.engine)
-        # the session options of OnnxRuntime(engines, device="cpu"): results equal in-process ones bit for bit
-        # (whatever precision the graph computes in, its inputs and outputs are float32)
-        self.session = ort.InferenceSession(str(path), ort.SessionOptions(), providers=["CPUExecutionProvider"])
+        self.spec = next(spec for spec in engine_specs(self.config) if path.name == spec.file_name)
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.force_spinning_stop", "1")
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def check(self, feeds: Mapping[str, np.ndarray]) -> None:
-        """RequestError naming the input whose name, dtype, shape or values are wrong."""
+    def check(self, feeds: Mapping[str, np.ndarray | None]) -> None:
+        """RequestError naming the input whose name, dtype, shape or values are wrong: non-finite floats,
+        token ids that are not a tokenized prompt (ids beyond the vocabulary would fail the gather)."""
+        engine = self.spec.name
         missing = [name for name, array in feeds.items() if array is None]
         if missing:
-            raise RequestError(f"{self.engine}: the required input {missing[0]!r} is missing")
+            raise RequestError(f"{engine}: the required input {missing[0]!r} is missing")
         try:
             self.spec.check_inputs(feeds)
         except ValueError as err:
             raise RequestError(str(err)) from None
         for name, array in feeds.items():
             if array.dtype.kind == "f" and not np.isfinite(array).all():
-                raise RequestError(f"{self.engine}: input {name!r} holds NaN or infinite values")
+                raise RequestError(f"{engine}: input {name!r} holds NaN or infinite values")
+        if "token_ids" in feeds:
+            tokenizer = _clip_tokenizer()
+            check_token_ids(feeds["token_ids"], self.config.text_cfg["vocab_size"], tokenizer.sot_token_id,
+                            tokenizer.eot_token_id)
+
+    def run(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None) -> list[np.ndarray]:
+        """The engine's ``outputs`` (default: all, in spec order) for ``feeds``, unchecked."""
+        return self.session.run(list(outputs or self.spec.output_names), dict(feeds))
+
+
+class _EngineModel:
+    """An exported engine served by the python backend: :class:`EngineSession` from its version folder."""
+
+    engine: ClassVar[str]
+
+    def initialize(self, args: dict[str, str]) -> None:
+        self.engine_session = EngineSession(version_dir(args) / f"{self.engine}.onnx")
 
     def run(self, request: Any) -> dict[str, np.ndarray]:
-        feeds = {name: _input(request, name) for name in self.spec.input_names}
-        self.check(feeds)
-        return dict(zip(self.spec.output_names, self.session.run(self.spec.output_names, feeds)))
+        spec = self.engine_session.spec
+        feeds = {name: _input(request, name) for name in spec.input_names}
+        self.engine_session.check(feeds)
+        return dict(zip(spec.output_names, self.engine_session.run(feeds)))
 
     def execute(self, requests: list[Any]) -> list[Any]:
         return _answer_each(self.engine, requests, self.run)
@@ -496,12 +521,6 @@ class TextGMCModel(_EngineModel):
     """``text_gmc``: token ids C×L int32 → label_emb, graph_emb C×D float32."""
 
     engine = "text_gmc"
-
-    def check(self, feeds: Mapping[str, np.ndarray]) -> None:
-        """As the engine spec, and every row a tokenized prompt (ids beyond the vocabulary fail the gather)."""
-        super().check(feeds)
-        check_token_ids(feeds["token_ids"], self.config.text_cfg["vocab_size"], _clip_tokenizer().sot_token_id,
-                        _clip_tokenizer().eot_token_id)
 
 
 class ImageSVFRModel(_EngineModel):
@@ -524,10 +543,44 @@ async def _bls(model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[s
     return [np.array(pb.get_output_tensor_by_name(response, name).as_numpy(), copy=True) for name in outputs]
 
 
+class PushedCounters:
+    """Counters kept in the stub and added to Triton's Prometheus metrics (``/metrics``) by :meth:`push`.
+
+    Each change of a custom metric is a message from the stub to the server, so counts are pushed once
+    per ``execute``, not per event. Without metrics (``--allow-metrics=false``) nothing is pushed.
+    """
+
+    def __init__(self, name: str, description: str, label: str, values: Sequence[str]) -> None:
+        pb = _pb_utils()
+        self.counts = dict.fromkeys(values, 0)
+        self._pushed = dict(self.counts)
+        try:
+            self._family = pb.MetricFamily(name=name, description=description, kind=pb.MetricFamily.COUNTER)
+            self._metrics = {value: self._family.Metric(labels={label: value}) for value in values}
+        except Exception as err:  # metrics turned off in this server
+            pb.Logger.log_warn(f"{name}: not exported ({err})")
+            self._metrics = {}
+
+    def push(self) -> None:
+        """Add what was counted since the last push to the exported counters."""
+        for value, metric in self._metrics.items():
+            if self.counts[value] != self._pushed[value]:
+                metric.increment(self.counts[value] - self._pushed[value])
+                self._pushed[value] = self.counts[value]
+
+    def close(self) -> None:
+        """Release the metrics before their family (the order the python backend requires)."""
+        self._metrics.clear()
+        self.__dict__.pop("_family", None)
+
+
 class SigRLModel:
     """``sigrl``: images (N×1 bytes) + optional labels (N×C bytes) and top_k (N×1) → scores and top labels.
 
-    ``execute`` is a coroutine so that the BLS calls of one batch's vocabulary groups overlap.
+    The engines run in this stub's own sessions when the settings file names their files
+    (``local_engines``, the python runtime: no hop to another stub per request), else through BLS
+    (GPU runtimes, where Triton runs the engines). ``execute`` is a coroutine so that the BLS calls of
+    one batch's vocabulary groups overlap.
     """
 
     def initialize(self, args: dict[str, str]) -> None:
@@ -535,7 +588,15 @@ class SigRLModel:
         settings = json.loads((version_dir(args) / SETTINGS_FILE).read_text(encoding="utf-8"))
         self.limits = EntryLimits.from_parameters(params)
         self.cache = VocabularyCache(int(params[PARAM_CACHE_SIZE]))
+        self.lookups = PushedCounters("sigrl_vocabulary_lookups_total", "Vocabularies looked up in the entry "
+                                      "model's cache, by result", "result", ("hit", "miss"))
+        self.runs = PushedCounters("sigrl_engine_runs_total", "Engine runs of the entry model (in its own sessions "
+                                   "or through BLS), by engine", "engine",
+                                   (TextGMCEngine.name, ImageSVFREngine.name))
         self.default_vocabulary: Vocabulary = tuple(settings["vocabulary"])
+        repository = Path(args["model_repository"]).parent
+        self.local_engines = {name: EngineSession(repository / path)
+                              for name, path in settings.get(SETTING_LOCAL_ENGINES, {}).items()}
         self.tokenizer = PromptTokenizer(settings["prompt_template"], self.limits.max_label_tokens,
                                          int(params[PARAM_TOKENIZER_CACHE_SIZE]))
         self.preprocessor = ImagePreprocessor(json.loads(params[PARAM_PREPROCESS]), self.limits.max_image_pixels,
@@ -558,6 +619,9 @@ class SigRLModel:
         for members, answer in zip(groups.values(), answers):
             for index, response in zip(members, answer):
                 responses[index] = response
+        self.lookups.counts.update(hit=self.cache.hits, miss=self.cache.misses)
+        self.lookups.push()
+        self.runs.push()
         return responses
 
     async def _answer_group(self, labels: Vocabulary, entries: list[EntryRequest]) -> list[Any]:
@@ -580,7 +644,7 @@ class SigRLModel:
         if not pixels:
             return responses
         try:
-            (scores,) = await _bls("image_svfr", {"images": np.concatenate(list(pixels.values())),
+            (scores,) = await self._engine("image_svfr", {"images": np.concatenate(list(pixels.values())),
                                                   "label_emb": embeddings[0], "graph_emb": embeddings[1]}, ["scores"])
         except Exception as err:  # a failed engine call fails this group's requests, never the model
             for position in pixels:
@@ -598,11 +662,21 @@ class SigRLModel:
         if cached is not None:
             return cached
         token_ids = self.tokenizer.token_ids(labels)  # as OnnxRuntime.encode_labels, after the checks
-        label_emb, graph_emb = await _bls("text_gmc", {"token_ids": token_ids}, ["label_emb", "graph_emb"])
+        label_emb, graph_emb = await self._engine("text_gmc", {"token_ids": token_ids}, ["label_emb", "graph_emb"])
         self.cache.put(labels, (label_emb, graph_emb))
         return label_emb, graph_emb
+
+    async def _engine(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
+        """The ``outputs`` of engine ``model`` for ``inputs``: in this stub's session if it has one, else by BLS."""
+        self.runs.counts[model] += 1
+        session = self.local_engines.get(model)
+        if session is None:
+            return await _bls(model, inputs, outputs)
+        return session.run(inputs, outputs)
 
     def finalize(self) -> None:
         """Log how well the vocabulary cache served (Triton's log, at unload)."""
         _pb_utils().Logger.log_info(f"sigrl vocabulary cache: {self.cache.hits} hits, {self.cache.misses} misses, "
                                     f"{len(self.cache)}/{self.cache.capacity} vocabularies kept")
+        self.lookups.close()
+        self.runs.close()

@@ -7,8 +7,9 @@ Three models, one folder each (``config.pbtxt`` + version ``1/``):
   picks how they run: ``python`` (ONNX Runtime on CPU in python-backend models, what the CPU-only
   server bundled in nvidia-pytriton runs), ``onnxruntime`` (Triton's onnxruntime backend, GPU) or
   ``tensorrt`` (prebuilt TensorRT plans, GPU).
-* ``sigrl``: the public entry (python backend, BLS), images + optional label names + optional top_k
-  → scores and top labels; it decodes and transforms the images itself, with the caps of
+* ``sigrl``: the public entry (python backend), images + optional label names + optional top_k
+  → scores and top labels; it decodes and transforms the images itself and runs the engines in its
+  own sessions (python runtime) or through BLS (GPU runtimes), with the caps of
   :class:`sigrl.serving.backend.EntryLimits` as config parameters; see
   :class:`sigrl.serving.backend.SigRLModel`.
 
@@ -40,6 +41,7 @@ from sigrl.serving.backend import (
     PARAM_CACHE_SIZE,
     PARAM_PREPROCESS,
     PARAM_TOKENIZER_CACHE_SIZE,
+    SETTING_LOCAL_ENGINES,
     SETTINGS_FILE,
     EntryLimits,
     ImageSVFRModel,
@@ -51,6 +53,8 @@ from sigrl.tokenizer import _clip_tokenizer
 
 Runtime = Literal["python", "onnxruntime", "tensorrt"]
 RUNTIMES: tuple[Runtime, ...] = ("python", "onnxruntime", "tensorrt")
+EntryEngines = Literal["local", "bls"]
+ENTRY_ENGINES: tuple[EntryEngines, ...] = ("local", "bls")
 VERSION = "1"
 # 0: a request is never held back waiting for others; those that queue while the model is busy still batch
 ENTRY_QUEUE_DELAY_US = 0
@@ -275,7 +279,8 @@ def _move_into_place(staging: Path, out: Path) -> None:
 def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: int = 32, cache_size: int = 32,
                      tokenizer_cache_size: int = 10_000, queue_delay_us: int = ENTRY_QUEUE_DELAY_US,
                      overwrite: bool = False, plans: Sequence[Path] = (), ort_tensorrt: str | None = None,
-                     ort_tensorrt_cache: str | None = None, **caps: int) -> Path:
+                     ort_tensorrt_cache: str | None = None, entry_engines: EntryEngines | None = None,
+                     **caps: int) -> Path:
     """Write a Triton model repository for the engines in ``engines`` (``sigrl export``) to ``out``.
 
     ``max_batch`` caps the images per batch of ``sigrl`` (at most the image engine's batch range);
@@ -289,6 +294,9 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
     ``plans``: folders of ``sigrl build-engines`` for the tensorrt runtime (default ``engines``), one per
     compute capability; ``ort_tensorrt``: a precision_mode that turns on ONNX Runtime's TensorRT
     accelerator for the onnxruntime runtime, with its engine cache in ``ort_tensorrt_cache``.
+    ``entry_engines``: how ``sigrl`` runs the engines: ``local``, in its own ONNX Runtime sessions (python
+    runtime only, its default: no hop to another stub per request, at the cost of a second copy of each
+    engine in memory), or ``bls``, calling the engine models (default for the GPU runtimes).
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -312,6 +320,12 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
     preprocess = _preprocess_params(metadata, image_spec.image_size)
     _check_target(out, overwrite)
     _check_runtime_options(runtime, plans, ort_tensorrt, ort_tensorrt_cache)
+    entry_engines = entry_engines or ("local" if runtime == "python" else "bls")
+    if entry_engines not in ENTRY_ENGINES:
+        raise ValueError(f"entry_engines must be one of {ENTRY_ENGINES}, got {entry_engines!r}")
+    if entry_engines == "local" and runtime != "python":
+        raise ValueError(f"the entry model runs the engines itself (--entry-engines local) only with the python "
+                         f"runtime; the {runtime} runtime serves them on the GPU through BLS")
     files = _engine_files(engines, runtime, specs, plans)
     extra = _engine_extras(runtime, files, ort_tensorrt, ort_tensorrt_cache)
     precisions = engine_precisions(engines)
@@ -343,6 +357,8 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
             for source, target in files.get(name, []):
                 shutil.copyfile(source, staging / name / VERSION / target)
         settings = {"vocabulary": json.loads(metadata["vocabulary"]), "prompt_template": metadata["prompt_template"]}
+        if entry_engines == "local":
+            settings[SETTING_LOCAL_ENGINES] = {spec.name: f"{spec.name}/{VERSION}/{spec.file_name}" for spec in specs}
         settings_text = json.dumps(settings, indent=2, ensure_ascii=False)
         (staging / ENTRY_MODEL / VERSION / SETTINGS_FILE).write_text(settings_text, encoding="utf-8")
         os.chmod(staging, 0o755)  # mkdtemp made it private
