@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-GLOBAL_KEY = "*"  # the fallback key `sigrl tag --thresholds` reads
+from sigrl.thresholds import GLOBAL_KEY
 
 
 @dataclass

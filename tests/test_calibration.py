@@ -82,4 +82,4 @@ def test_calibrate_command_pytorch_and_onnx_engines_agree(tiny_engines, tmp_path
     assert list(from_torch) == [*sigrl.load_checkpoint(checkpoint).vocabulary, "*"] == list(from_onnx)
     for label, value in from_torch.items():  # midpoint thresholds: rounding-level score differences keep the cut
         assert from_onnx[label] == pytest.approx(value, abs=1e-5), label
-    assert _read_thresholds(str(torch_out), None) == from_torch  # the format `sigrl tag --thresholds` reads
+    assert _read_thresholds(str(torch_out), None).to_json() == from_torch  # the format `sigrl tag --thresholds` reads

@@ -537,3 +537,13 @@ def test_triton_repo_command_sets_the_caps_and_the_queue_delay(fake_engines, tmp
     assert main(["triton-repo", "--engines", str(fake_engines), "--out", str(tmp_path / "bad"),
                  "--max-label-tokens", "500"]) == 2
     assert "max_label_tokens must be in [1, 67], got 500" in capsys.readouterr().err
+
+
+def test_served_thresholds_add_the_tags_output_and_are_kept_in_the_settings(fake_engines, tmp_path):
+    from sigrl.thresholds import Thresholds
+
+    thresholds = Thresholds({"cat": 0.25}, default=0.5)
+    repo = build_repository(fake_engines, "python", tmp_path / "repo", thresholds=thresholds)
+    assert outputs_of(read_config(repo, "sigrl"))["tags"] == (DataType.TYPE_STRING, [-1])
+    settings = json.loads((repo / "sigrl" / "1" / "sigrl.json").read_text(encoding="utf-8"))
+    assert settings["thresholds"] == {"cat": 0.25, "*": 0.5}

@@ -261,20 +261,39 @@ def test_entry_scores_equal_in_process_preprocessing_and_engines(client, ort_run
     assert default.as_numpy("top_labels").shape == (3, 5)
 
 
-def test_entry_calling_the_engine_models_through_bls_scores_the_same(engines, ort_runtime, metadata, tmp_path):
-    """``entry_engines="bls"`` (the GPU runtimes' path): the entry model calls ``text_gmc`` and
-    ``image_svfr`` (their own statistics count the calls) and answers bit for bit as in process."""
-    repo = build_repository(engines, "python", tmp_path / "repo", entry_engines="bls")
-    assert "local_engines" not in json.loads((repo / "sigrl" / "1" / "sigrl.json").read_text())
+def test_second_repository_bls_engines_and_served_thresholds(engines, ort_runtime, metadata, tmp_path, capsys):
+    """A repository with ``entry_engines="bls"`` (the GPU runtimes' path) and served thresholds.
+
+    The entry model calls ``text_gmc`` and ``image_svfr`` (their own statistics count the calls), answers
+    bit for bit as in process, and its ``tags`` are the labels at or above their thresholds, which
+    ``sigrl tag`` prints when it applies no thresholds of its own.
+    """
+    from sigrl.cli import main
+    from sigrl.thresholds import Thresholds
+
     images, labels = [png_bytes(96, 80, 1), png_bytes(64, 64, 2)], ["cyan", "star", "red"]
+    expected = ort_runtime.predict(local_pixels(images), sigrl.tokenize(labels, metadata["prompt_template"]))
+    # cyan: always a tag; star: never (no default); red: between the two images' scores, so one image each way
+    thresholds = Thresholds({"cyan": -1.0, "red": float(expected[:, 2].mean())})
+    assert expected[0, 2] != expected[1, 2]
+    repo = build_repository(engines, "python", tmp_path / "repo", entry_engines="bls", thresholds=thresholds)
+    assert "local_engines" not in json.loads((repo / "sigrl" / "1" / "sigrl.json").read_text())
     with TritonServer(repo) as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
-        scores = client.infer("sigrl", entry_inputs(images, labels)).as_numpy("scores")
+        result = client.infer("sigrl", entry_inputs(images, labels))
         assert [model_stats(client, name)[1] for name in ("text_gmc", "image_svfr")] == [2, 2]  # warm-up + BLS
         assert entry_counters(server)[IMAGE_RUNS] == 1
         client.close()
-    np.testing.assert_array_equal(scores, ort_runtime.predict(local_pixels(images),
-                                                              sigrl.tokenize(labels, metadata["prompt_template"])))
+        np.testing.assert_array_equal(result.as_numpy("scores"), expected)
+        served = [[name.decode() for name in row if name] for row in result.as_numpy("tags")]
+        assert served == [[name for name, _ in row] for row in thresholds.tags(expected, labels)]
+        assert sorted(map(len, served)) == [1, 2] and all(row[0] == "cyan" or "red" in row for row in served)
+
+        path = tmp_path / "image.png"
+        path.write_bytes(images[0])
+        assert main(["tag", str(path), "--url", server.grpc_url, "--labels", ",".join(labels), "--json"]) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert [entry["label"] for entry in printed["top"]] == served[0]
 
 
 # ------------------------------------------------------------------------------ cache and batching

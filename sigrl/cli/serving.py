@@ -13,6 +13,7 @@ from sigrl.errors import UsageError
 
 if TYPE_CHECKING:
     from sigrl.serving.client import Tagging
+    from sigrl.thresholds import Thresholds
 
 
 def cmd_triton_repo(args: argparse.Namespace) -> int:
@@ -23,7 +24,8 @@ def cmd_triton_repo(args: argparse.Namespace) -> int:
     repo = build_repository(Path(args.engines), args.runtime, Path(args.out), max_batch=args.max_batch,
                             queue_delay_us=args.queue_delay_us, overwrite=args.overwrite,
                             plans=[Path(p) for p in args.plans], ort_tensorrt=args.ort_tensorrt,
-                            ort_tensorrt_cache=args.ort_tensorrt_cache, entry_engines=args.entry_engines, **caps)
+                            ort_tensorrt_cache=args.ort_tensorrt_cache, entry_engines=args.entry_engines,
+                            thresholds=read_thresholds_file(args.thresholds) if args.thresholds else None, **caps)
     print(f"Triton model repository ({args.runtime} runtime) written to {repo}")
     return 0
 
@@ -92,17 +94,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def _read_thresholds(path: str | None, default: float | None) -> dict[str, float] | float | None:
-    """Per-class thresholds from a JSON file ``{label: threshold}``, else the single ``--threshold``."""
-    if path is None:
-        return default
+def read_thresholds_file(path: str) -> Thresholds:
+    """``--thresholds FILE``, with the flag and file named in any error."""
+    from sigrl.thresholds import Thresholds
+
     try:
-        values = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
-        raise UsageError(f"--thresholds {path} is not JSON ({err.msg} at line {err.lineno})") from err
-    if not isinstance(values, dict) or not all(isinstance(v, (int, float)) for v in values.values()):
-        raise UsageError(f'--thresholds {path} must hold a JSON object {{"label": threshold, "*": default}}')
-    return {str(k): float(v) for k, v in values.items()}
+        return Thresholds.read(path)
+    except ValueError as err:
+        raise UsageError(f"--thresholds {err}") from None
+    except OSError as err:
+        raise UsageError(f"--thresholds {path}: {err.strerror or err}") from None
+
+
+def _read_thresholds(path: str | None, default: float | None) -> Thresholds | None:
+    """Per-class thresholds from ``--thresholds FILE``, or the single ``--threshold`` for every label."""
+    from sigrl.thresholds import Thresholds
+
+    if path is not None and default is not None:
+        raise UsageError("--threshold and --thresholds both given: pass one")
+    if path is not None:
+        return read_thresholds_file(path)
+    return None if default is None else Thresholds({}, default)
 
 
 def _parse_labels(text: str | None) -> list[str] | None:
@@ -142,19 +154,20 @@ def _read(path: Path) -> bytes | OSError:
         return OSError(err.strerror or str(err))
 
 
-def _print_tagging(tagging: Tagging, top_k: int, thresholds: dict[str, float] | float | None,
-                   as_json: bool) -> None:
+def _print_tagging(tagging: Tagging, top_k: int, thresholds: Thresholds | None, as_json: bool) -> None:
     if tagging.error is not None:
         if as_json:
             print(json.dumps({"image": tagging.image, "error": tagging.error}), flush=True)
         print(f"sigrl tag: error: {tagging.error}", file=sys.stderr, flush=True)
         return
-    ranked = sorted(tagging.scores.items(), key=lambda item: -item[1])
-    if isinstance(thresholds, dict):
-        default = thresholds.get("*", float("-inf"))
-        ranked = [(n, s) for n, s in ranked if s >= thresholds.get(n, default)]
-    elif thresholds is not None:
-        ranked = [(n, s) for n, s in ranked if s >= thresholds]
+    if thresholds is not None:
+        import numpy as np
+
+        ranked = thresholds.tags(np.array([list(tagging.scores.values())]), list(tagging.scores))[0]
+    elif tagging.tags is not None:  # the server applies its thresholds
+        ranked = [(name, tagging.scores[name]) for name in tagging.tags]
+    else:
+        ranked = sorted(tagging.scores.items(), key=lambda item: -item[1])
     kept = ranked[:top_k]
     if as_json:
         print(json.dumps({"image": tagging.image, "scores": tagging.scores,
@@ -211,6 +224,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                       help="how the entry model runs the engines: local, in its own sessions (python runtime only, "
                            "its default: one hop less per request, a second copy of each engine in memory), or bls, "
                            "calling the engine models (default for the GPU runtimes)")
+    repo.add_argument("--thresholds", metavar="FILE",
+                      help='JSON {"label": threshold, "*": default} (`sigrl calibrate --out`): the entry model also '
+                           "answers tags, each image's labels at or above their thresholds")
     repo.add_argument("--overwrite", action="store_true", help="replace an existing repository")
     repo.add_argument("--plans", nargs="+", default=[], metavar="DIR",
                       help="tensorrt: `sigrl build-engines` folders, one per compute capability (default: --engines)")

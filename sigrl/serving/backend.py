@@ -43,7 +43,8 @@ from sigrl.deploy.engines import ImageSVFREngine, TextGMCEngine, engine_specs
 from sigrl.deploy.onnx_export import read_metadata
 from sigrl.deploy.runtimes import prepare_token_ids
 from sigrl.model import SigRLConfig
-from sigrl.serving.protocol import ENTRY_MODEL
+from sigrl.serving.protocol import ENTRY_MODEL, OUTPUT_TAGS
+from sigrl.thresholds import Thresholds
 from sigrl.tokenizer import CONTEXT_LENGTH, _clip_tokenizer, tokenize
 
 Vocabulary = tuple[str, ...]
@@ -53,6 +54,7 @@ Embeddings = tuple[np.ndarray, np.ndarray]  # (label_emb, graph_emb), both C×D 
 # clients see too are in sigrl.serving.protocol).
 SETTINGS_FILE = "sigrl.json"
 SETTING_LOCAL_ENGINES = "local_engines"  # {engine: ONNX file relative to the repository}, run in the entry's stub
+SETTING_THRESHOLDS = "thresholds"  # {label: threshold, "*": default}: the entry model answers ``tags``
 PARAM_PREPROCESS = "preprocess"
 PARAM_CACHE_SIZE = "cache_size"
 PARAM_TOKENIZER_CACHE_SIZE = "tokenizer_cache_size"
@@ -214,6 +216,13 @@ def group_by_vocabulary(vocabularies: Mapping[int, Vocabulary]) -> dict[Vocabula
     for index, vocabulary in vocabularies.items():
         groups.setdefault(vocabulary, []).append(index)
     return groups
+
+
+def tag_rows(scores: np.ndarray, labels: Vocabulary, thresholds: Thresholds) -> np.ndarray:
+    """N×T UTF-8 names of each row's labels at or above their thresholds, best first, padded with b""."""
+    tags = [[name.encode() for name, _ in row] for row in thresholds.tags(scores, labels)]
+    width = max(map(len, tags))
+    return np.array([row + [b""] * (width - len(row)) for row in tags], dtype=object).reshape(len(tags), width)
 
 
 def top_k(scores: np.ndarray, labels: Vocabulary, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -597,6 +606,8 @@ class SigRLModel:
         repository = Path(args["model_repository"]).parent
         self.local_engines = {name: EngineSession(repository / path)
                               for name, path in settings.get(SETTING_LOCAL_ENGINES, {}).items()}
+        thresholds = settings.get(SETTING_THRESHOLDS)
+        self.thresholds = None if thresholds is None else Thresholds.from_json(thresholds, SETTINGS_FILE)
         self.tokenizer = PromptTokenizer(settings["prompt_template"], self.limits.max_label_tokens,
                                          int(params[PARAM_TOKENIZER_CACHE_SIZE]))
         self.preprocessor = ImagePreprocessor(json.loads(params[PARAM_PREPROCESS]), self.limits.max_image_pixels,
@@ -653,7 +664,10 @@ class SigRLModel:
         counts = [len(entries[p].images) for p in pixels]
         for position, rows in zip(pixels, np.split(scores, np.cumsum(counts)[:-1])):
             names, values = top_k(rows, labels, entries[position].top_k)
-            responses[position] = _response({"scores": rows, "top_labels": names, "top_scores": values})
+            outputs = {"scores": rows, "top_labels": names, "top_scores": values}
+            if self.thresholds is not None:
+                outputs[OUTPUT_TAGS] = tag_rows(rows, labels, self.thresholds)
+            responses[position] = _response(outputs)
         return responses
 
     async def _embeddings(self, labels: Vocabulary) -> Embeddings:

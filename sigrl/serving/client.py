@@ -26,6 +26,7 @@ from sigrl.serving.protocol import (
     INPUT_LABELS,
     INPUT_TOP_K,
     OUTPUT_SCORES,
+    OUTPUT_TAGS,
     OUTPUT_TOP_LABELS,
     OUTPUT_TOP_SCORES,
     PARAM_DEFAULT_VOCABULARY,
@@ -80,13 +81,15 @@ def translate_errors(url: str, call: Callable[[], T]) -> T:
 
 @dataclass
 class Tagging:
-    """What the server said about one image: every label's score and the top labels, best first,
+    """What the server said about one image: every label's score, the top labels, best first, and the
+    labels at or above the served thresholds, best first (``tags``; None when the server applies none),
     or why this image could not be tagged (``error``; then ``scores`` and ``top`` are empty)."""
 
     image: str
     scores: dict[str, float] = field(default_factory=dict)
     top: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
+    tags: list[str] | None = None
 
 
 def check_labels(labels: Sequence[str]) -> list[str]:
@@ -149,6 +152,12 @@ class SigRLClient:
 
         ``labels=None`` uses the repository's default vocabulary. At most :meth:`max_batch_size` images.
         """
+        scores, tops, _ = self._infer(images, labels, top_k)
+        return scores, tops
+
+    def _infer(self, images: list[bytes], labels: list[str] | None,
+               top_k: int) -> tuple[np.ndarray, list[list[tuple[str, float]]], list[list[str]] | None]:
+        """:meth:`infer`, and the served tags per image (None when the server applies no thresholds)."""
         count = len(images)
         inputs = [infer_input(INPUT_IMAGE, np.array([[b] for b in images], dtype=object), "BYTES"),
                   infer_input(INPUT_TOP_K, np.full((count, 1), top_k, dtype=np.int32), "INT32")]
@@ -159,7 +168,10 @@ class SigRLClient:
         top_labels, top_scores = result.as_numpy(OUTPUT_TOP_LABELS), result.as_numpy(OUTPUT_TOP_SCORES)
         tops = [[(name.decode(), float(score)) for name, score in zip(names, scores)]
                 for names, scores in zip(top_labels, top_scores)]
-        return result.as_numpy(OUTPUT_SCORES), tops
+        tags = result.as_numpy(OUTPUT_TAGS)  # padded with empty names to the longest row
+        if tags is not None:
+            tags = [[name.decode() for name in row if name] for row in tags]
+        return result.as_numpy(OUTPUT_SCORES), tops, tags
 
     def tag(self, names: Sequence[str], images: Sequence[bytes | BaseException], labels: Sequence[str] | None = None,
             top_k: int = 5) -> list[Tagging]:
@@ -179,9 +191,10 @@ class SigRLClient:
             for name, data in zip(names, images)]
 
         def answer(indices: list[int]) -> None:
-            scores, tops = self.infer([images[i] for i in indices], send, top_k)  # type: ignore[misc]
-            for index, row, top in zip(indices, scores, tops):
-                results[index] = Tagging(names[index], {label: float(s) for label, s in zip(vocabulary, row)}, top)
+            scores, tops, tags = self._infer([images[i] for i in indices], send, top_k)  # type: ignore[arg-type]
+            for position, (index, row, top) in enumerate(zip(indices, scores, tops)):
+                results[index] = Tagging(names[index], {label: float(s) for label, s in zip(vocabulary, row)}, top,
+                                         tags=None if tags is None else tags[position])
 
         pending = [i for i, result in enumerate(results) if result is None]
         step = self.max_batch_size()

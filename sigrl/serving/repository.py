@@ -35,13 +35,15 @@ from google.protobuf import text_encoding, text_format
 from sigrl.deploy.engines import EngineSpec, engine_specs
 from sigrl.deploy.onnx_export import read_metadata
 from sigrl.deploy.runtimes import engine_config, engine_precisions
-from sigrl.serving.protocol import ENTRY_MODEL, PARAM_DEFAULT_VOCABULARY
+from sigrl.serving.protocol import ENTRY_MODEL, OUTPUT_TAGS, PARAM_DEFAULT_VOCABULARY
+from sigrl.thresholds import Thresholds
 from sigrl.deploy.tensorrt import BuildRecord, load_plans
 from sigrl.serving.backend import (
     PARAM_CACHE_SIZE,
     PARAM_PREPROCESS,
     PARAM_TOKENIZER_CACHE_SIZE,
     SETTING_LOCAL_ENGINES,
+    SETTING_THRESHOLDS,
     SETTINGS_FILE,
     EntryLimits,
     ImageSVFRModel,
@@ -139,13 +141,16 @@ def engine_model_config(spec: EngineSpec, runtime: Runtime, extra: Sequence[str]
 
 def entry_model_config(max_batch: int, limits: EntryLimits, cache_size: int, tokenizer_cache_size: int,
                        preprocess: Mapping[str, Any], default_vocabulary: Sequence[str] = (),
-                       queue_delay_us: int = ENTRY_QUEUE_DELAY_US) -> str:
-    """``config.pbtxt`` of ``sigrl``: per batch item one image, its label names (ragged) and top_k."""
+                       queue_delay_us: int = ENTRY_QUEUE_DELAY_US, tags: bool = False) -> str:
+    """``config.pbtxt`` of ``sigrl``: per batch item one image, its label names (ragged) and top_k; ``tags``
+    adds the output of the labels at or above the served thresholds."""
     inputs = [_tensor("image", "TYPE_STRING", [1]),
               _tensor("labels", "TYPE_STRING", [-1], "optional", "allow_ragged_batch"),
               _tensor("top_k", "TYPE_INT32", [1], "optional")]
     outputs = [_tensor("scores", "TYPE_FP32", [-1]), _tensor("top_labels", "TYPE_STRING", [-1]),
                _tensor("top_scores", "TYPE_FP32", [-1])]
+    if tags:
+        outputs.append(_tensor(OUTPUT_TAGS, "TYPE_STRING", [-1]))
     return "\n".join([
         f'name: "{ENTRY_MODEL}"', 'backend: "python"', f"max_batch_size: {max_batch}",
         _tensor_list("input", inputs), _tensor_list("output", outputs),
@@ -280,7 +285,7 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
                      tokenizer_cache_size: int = 10_000, queue_delay_us: int = ENTRY_QUEUE_DELAY_US,
                      overwrite: bool = False, plans: Sequence[Path] = (), ort_tensorrt: str | None = None,
                      ort_tensorrt_cache: str | None = None, entry_engines: EntryEngines | None = None,
-                     **caps: int) -> Path:
+                     thresholds: Thresholds | None = None, **caps: int) -> Path:
     """Write a Triton model repository for the engines in ``engines`` (``sigrl export``) to ``out``.
 
     ``max_batch`` caps the images per batch of ``sigrl`` (at most the image engine's batch range);
@@ -297,6 +302,8 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
     ``entry_engines``: how ``sigrl`` runs the engines: ``local``, in its own ONNX Runtime sessions (python
     runtime only, its default: no hop to another stub per request, at the cost of a second copy of each
     engine in memory), or ``bls``, calling the engine models (default for the GPU runtimes).
+    ``thresholds`` (e.g. ``Thresholds.read`` of ``sigrl calibrate``'s file): the entry model also answers
+    ``tags``, each image's labels at or above their thresholds.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -340,7 +347,8 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
     try:
         configs = {spec.name: engine_model_config(spec, runtime, extra[spec.name]) for spec in specs}
         configs[ENTRY_MODEL] = entry_model_config(max_batch, limits, cache_size, tokenizer_cache_size, preprocess,
-                                                  json.loads(metadata["vocabulary"]), queue_delay_us)
+                                                  json.loads(metadata["vocabulary"]), queue_delay_us,
+                                                  tags=thresholds is not None)
         python_models: dict[str, type] = {ENTRY_MODEL: SigRLModel}
         if runtime == "python":
             python_models.update(_PYTHON_MODELS)
@@ -357,6 +365,8 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
             for source, target in files.get(name, []):
                 shutil.copyfile(source, staging / name / VERSION / target)
         settings = {"vocabulary": json.loads(metadata["vocabulary"]), "prompt_template": metadata["prompt_template"]}
+        if thresholds is not None:
+            settings[SETTING_THRESHOLDS] = thresholds.to_json()
         if entry_engines == "local":
             settings[SETTING_LOCAL_ENGINES] = {spec.name: f"{spec.name}/{VERSION}/{spec.file_name}" for spec in specs}
         settings_text = json.dumps(settings, indent=2, ensure_ascii=False)
