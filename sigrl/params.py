@@ -62,9 +62,10 @@ def parameter_table(model: SigRL, include_teacher: bool = True) -> list[tuple[st
     rows["text: CLIP text tower (+ logit_scale)"] = text
     if model.prompt_context is not None:
         rows["text: CoOp context"] = list(model.prompt_context.parameters())
-    rows["GMC (GATv2 x2)"] = list(model.gmc.parameters())
-    rows["SDA (FC)"] = list(model.svfr.sda_proj.parameters())
-    rows["VFR (fuse + FC)"] = [*model.svfr.fuse.parameters(), *model.svfr.vfr_proj.parameters()]
+    unused = "" if model.config.use_svfr else ", unused (use_svfr false)"  # kept in checkpoints, never in a score
+    rows[f"GMC (GATv2 x2){unused}"] = list(model.gmc.parameters())
+    rows[f"SDA (FC){unused}"] = list(model.svfr.sda_proj.parameters())
+    rows[f"VFR (fuse + FC){unused}"] = [*model.svfr.fuse.parameters(), *model.svfr.vfr_proj.parameters()]
     table = [(name, *_count(params)) for name, params in rows.items()]
     assert sum(t + f for _, t, f in table) == sum(p.numel() for p in model.parameters()), "table misses parameters"
     if include_teacher:

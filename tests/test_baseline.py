@@ -73,3 +73,13 @@ def test_baseline_evaluates_exports_and_matches_onnxruntime(baseline_run, tmp_pa
     assert sigrl_main(["parity", "--checkpoint", checkpoint, "--engines", str(engines), "--classes", "1", "12",
                        "--batch", "2", "--device", "cpu"]) == 0
     assert " NO" not in capsys.readouterr().out
+
+
+def test_parameter_table_marks_the_modules_the_baseline_does_not_use():
+    from sigrl.params import parameter_table
+
+    rows = {name: (trainable, frozen) for name, trainable, frozen in parameter_table(sigrl.create_model("mkt-tiny"))}
+    unused = [name for name in rows if name.endswith("unused (use_svfr false)")]
+    assert [name.split(" ")[0] for name in unused] == ["GMC", "SDA", "VFR"]
+    assert all(rows[name][0] == 0 for name in unused)
+    assert not any("unused" in name for name, _, _ in parameter_table(sigrl.create_model("tiny")))

@@ -39,7 +39,7 @@ def test_tiny_recipe_learns_far_above_chance(trained_tiny):
     model = sigrl.load_checkpoint(out / "best.pt")
     from sigrl.evaluation import evaluate_dataset
     test_map = evaluate_dataset(model, "synthetic", split="test")["synthetic test"]["mAP"]
-    # Threshold from docs/tiny-training.md: 400 steps gave 0.68-0.71 for every seed there, so >= 0.60
+    # Threshold from docs/training.md (tiny): 400 steps gave 0.68-0.71 for every seed, so >= 0.60
     # is ~3 spreads below the measured runs while chance is ~0.35. Seed 42 here scores ~0.67.
     assert chance < 0.40
     assert test_map >= 60.0, f"test mAP {test_map:.2f} after {result['steps']} steps (chance {100 * chance:.1f})"

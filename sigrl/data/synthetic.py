@@ -1,6 +1,6 @@
 """A synthetic multi-label dataset of coloured shapes, for training and testing the tiny model on a CPU.
 
-The design is the one measured in ``docs/tiny-training.md``: RGB images with 1-4 shapes on a noisy grey
+The design is the one measured for ``tiny`` (docs/training.md): RGB images with 1-4 shapes on a noisy grey
 background, 6 shapes x 6 colours = 12 labels. Each shape sits in its own cell of a 2 x 2 grid, so shapes
 never overlap and every label is visible. Shapes are drawn without anti-aliasing in exact palette
 colours, and the background is grey (R = G = B), so a palette colour occurs in an image exactly when its
