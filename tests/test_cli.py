@@ -227,3 +227,13 @@ def test_training_logs_metrics_jsonl_and_json_result(capsys, tmp_path):
     assert main([*common, "--out", str(tmp_path / "b"), "--no-progress", "--max-steps", "2"]) == 0
     out = capsys.readouterr().out
     assert "images/s" not in out and sum(": val mAP" in line for line in out.splitlines()) == 1
+
+
+def test_serve_refuses_a_folder_that_is_not_a_sigrl_repository(capsys, tmp_path):
+    """Before starting Triton: a missing folder, or one without the entry model, would give a server that
+    reports ready while every request fails."""
+    line = one_line_error(capsys, ["serve", "--repo", str(tmp_path / "missing")])
+    assert line.startswith(f"sigrl serve: error: --repo {tmp_path / 'missing'}: no such folder")
+    (tmp_path / "other_model").mkdir()
+    line = one_line_error(capsys, ["serve", "--repo", str(tmp_path)])
+    assert line.startswith(f"sigrl serve: error: --repo {tmp_path} holds no 'sigrl' model (sigrl/config.pbtxt)")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import sigrl
 from sigrl.bench.results import PRECISIONS, RUNTIMES
+from sigrl.cli.arguments import writable_folder
+from sigrl.errors import UsageError
 from sigrl.registry import list_models
 
 # The suite is part of the source tree, not of the installed package: found beside the sigrl folder.
@@ -102,10 +104,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from sigrl.bench.results import load_results, machine_record, new_results, rows_from_pytest_benchmark, save_results
 
     old = load_results(args.compare) if args.compare else None
-    out = Path(args.out)
-    work = Path(args.work) if args.work else out / "work"
-    for folder in (out, work):
-        folder.mkdir(parents=True, exist_ok=True)
+    out = writable_folder("--out", args.out)
+    work = writable_folder("--work", args.work) if args.work else out / "work"
+    for flag, folder in (("--out", out), ("--work" if args.work else "--out", work)):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UsageError(f"{flag} {folder}: {err.strerror or err}") from None
     if args.threads:
         import torch
 

@@ -39,8 +39,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from sigrl.serving.protocol import ENTRY_MODEL
     from sigrl.serving.server import PortInUseError, TritonServer, is_loopback
 
+    repo = Path(args.repo)
+    if not repo.is_dir():
+        return _serve_error(f"--repo {repo}: no such folder; build one with `sigrl triton-repo --engines DIR --out {repo}`")
+    if not (repo / ENTRY_MODEL / "config.pbtxt").is_file():
+        return _serve_error(f"--repo {repo} holds no {ENTRY_MODEL!r} model ({ENTRY_MODEL}/config.pbtxt): is it a "
+                            "repository written by `sigrl triton-repo`?")
     admin_key = None
     if args.admin_key_file:
         try:
@@ -52,7 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "can reach it (the admin APIs stay restricted); put TLS and authentication in front", file=sys.stderr)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    server = TritonServer(Path(args.repo), grpc_port=args.grpc_port, http_port=args.http_port, host=args.host,
+    server = TritonServer(repo, grpc_port=args.grpc_port, http_port=args.http_port, host=args.host,
                           metrics_port=args.metrics_port, admin_key=admin_key,
                           log_file=Path(args.log_file) if args.log_file else None)
     try:
