@@ -87,14 +87,8 @@ class LazyServer:
         if self.options.bench_triton_url:
             return self.options.bench_triton_url
         if self.server is None:
-            from sigrl.serving.repository import build_repository
-            from sigrl.serving.server import TritonServer
-
-            precision = self.options.bench_served_precision
-            repo = build_repository(workload.engines_dir(self.checkpoint, precision), "python",
-                                    self.checkpoint.parent / f"repo-{precision}", overwrite=True)
-            self.server = TritonServer(repo)
-            self.server.start()
+            self.server = workload.start_server(self.checkpoint, self.options.bench_served_precision,
+                                                self.options.bench_threads)
         return self.server.grpc_url
 
     def stop(self) -> None:

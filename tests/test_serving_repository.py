@@ -147,6 +147,8 @@ def test_every_runtime_writes_parseable_configs(runtime, plan_engines, tmp_path)
         assert (configs[name].backend, configs[name].platform) == backend[runtime]
         expected = sorted(f.format(name=name) for f in files[runtime])
         assert sorted(p.name for p in (repo / name / "1").iterdir()) == expected
+        threads = {"intra_op_threads": "0"} if runtime == "python" else {}  # ONNX Runtime's default
+        assert params_of(configs[name]) == {"precision": "fp32", **threads}
     if runtime == "tensorrt":
         assert (repo / "text_gmc" / "1" / "model.plan").read_bytes() == b"dummy plan text_gmc"
     else:
@@ -168,7 +170,7 @@ def test_every_runtime_writes_parseable_configs(runtime, plan_engines, tmp_path)
     assert params == {"max_image_bytes": "1000", "max_request_bytes": str(32 * 2**20),
                       "max_image_pixels": "25000000", "max_request_pixels": "50000000", "max_labels": "100",
                       "max_label_chars": "200", "max_label_tokens": "67", "default_top_k": "5", "cache_size": "7",
-                      "tokenizer_cache_size": "10000",
+                      "tokenizer_cache_size": "10000", "intra_op_threads": "0",
                       "default_vocabulary": json.dumps(VOCABULARY, ensure_ascii=False)}
     settings = json.loads((repo / "sigrl" / "1" / "sigrl.json").read_text(encoding="utf-8"))
     local = {"local_engines": {name: f"{name}/1/{name}.onnx" for name in ("text_gmc", "image_svfr")}}
@@ -207,6 +209,7 @@ def test_default_max_labels_is_the_engines_class_range(fake_engines, tmp_path):
         ({"max_request_pixels": 0}, r"max_request_pixels must be >= 1"),
         ({"max_label_tokens": 68}, r"max_label_tokens must be in \[1, 67\], got 68"),
         ({"queue_delay_us": -1}, r"queue_delay_us must be >= 0"),
+        ({"threads": -1}, r"threads must be >= 0"),
         ({"cache_size": -1}, r"cache_size must be >= 0"),
         ({"default_top_k": 0}, r"default_top_k must be >= 1"),
     ],

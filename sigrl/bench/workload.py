@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ from sigrl.deploy.runtimes import EngineRuntime, OnnxRuntime, TorchRuntime
 from sigrl.factory import create_model
 from sigrl.serving.measure import png_bytes
 from sigrl.tokenizer import tokenize
+
+if TYPE_CHECKING:
+    from sigrl.serving.server import TritonServer
 
 EAGER_PRECISIONS = ("fp32", "bf16")
 
@@ -60,6 +64,19 @@ def onnx_runtime(checkpoint: Path, precision: str, device: str = "cpu", threads:
     if precision == "bf16" and device == "cpu":
         raise Unavailable("ONNX Runtime's CPU provider has no bf16 kernels (bf16 engines run on TensorRT or CUDA)")
     return OnnxRuntime(engines_dir(checkpoint, precision), device=device, threads=threads)
+
+
+def start_server(checkpoint: Path, precision: str, threads: int | None = None) -> TritonServer:
+    """The bundled Triton serving the checkpoint's engines in ``precision`` (python runtime), started; its
+    engine sessions use ``threads`` intra-op threads (default ONNX Runtime's), like :func:`onnx_runtime`."""
+    from sigrl.serving.repository import build_repository
+    from sigrl.serving.server import TritonServer
+
+    repo = build_repository(engines_dir(checkpoint, precision), "python", checkpoint.parent / f"repo-{precision}",
+                            overwrite=True, threads=threads or 0)
+    server = TritonServer(repo)
+    server.start()
+    return server
 
 
 def tensorrt_runtime(plans: Path | None, precision: str) -> EngineRuntime:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import sigrl
 from sigrl.bench.results import PRECISIONS, RUNTIMES
-from sigrl.cli.arguments import writable_folder
+from sigrl.cli.arguments import positive_int, writable_folder
 from sigrl.errors import UsageError
 from sigrl.registry import list_models
 
@@ -119,7 +119,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"machine: {machine['cpu']}, {machine['cores']} cores; probing the GEMM roofline ...", flush=True)
     roofline = gemm_roofline(seconds=0.5 if args.quick else 2.0)
     checkpoint = workload.bench_checkpoint(args.config, work)
-    notes = [f"torch and in-process ONNX Runtime used {args.threads} thread(s)"] if args.threads else []
+    notes = [f"torch, in-process ONNX Runtime and the served engines used {args.threads} thread(s)"] \
+        if args.threads else []
     pytest_json = out / "pytest-benchmark.json"
     suite_args = _suite_args(args, work, pytest_json)
     serve = "triton" in args.runtimes and args.served_precision in args.precisions
@@ -128,14 +129,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     perf_rows = []
     try:
         if serve:
-            from sigrl.serving.repository import build_repository
-            from sigrl.serving.server import TritonServer
-
-            engines = workload.engines_dir(checkpoint, args.served_precision)
-            repo = build_repository(engines, "python", work / f"repo-{args.served_precision}", overwrite=True)
             print("starting the bundled Triton server ...", flush=True)
-            server = TritonServer(repo)
-            server.start()
+            server = workload.start_server(checkpoint, args.served_precision, args.threads)
             suite_args.append(f"--bench-triton-url={server.grpc_url}")
         code = pytest.main(suite_args, plugins=[collector])
         if code not in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
@@ -175,9 +170,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--trt-plans", help="folder with <precision>/text_gmc.plan, image_svfr.plan (GPU)")
     bench.add_argument("--perf-analyzer", default=str(TOOLS_DIR),
                        help="perf_analyzer tools folder (make perf-analyzer)")
-    bench.add_argument("--threads", type=int,
-                       help="CPU threads of torch and in-process ONNX Runtime (default: theirs; the served "
-                            "engines keep ONNX Runtime's default). 1 avoids OpenMP stalls on a shared machine")
+    bench.add_argument("--threads", type=positive_int,
+                       help="CPU threads of torch, in-process ONNX Runtime and the served engine sessions (default: "
+                            "theirs). 1 avoids OpenMP stalls on a shared machine")
     bench.add_argument("--max-concurrency", type=int, default=8, help="perf_analyzer concurrency 1..N")
     bench.add_argument("--no-perf-analyzer", action="store_true", help="only the pytest-benchmark suite")
     bench.add_argument("--pytest-args", help="extra pytest arguments for the suite, e.g. \"-k 'image and B1'\"")

@@ -25,7 +25,8 @@ def cmd_triton_repo(args: argparse.Namespace) -> int:
                             queue_delay_us=args.queue_delay_us, overwrite=args.overwrite,
                             plans=[Path(p) for p in args.plans], ort_tensorrt=args.ort_tensorrt,
                             ort_tensorrt_cache=args.ort_tensorrt_cache, entry_engines=args.entry_engines,
-                            thresholds=read_thresholds_file(args.thresholds) if args.thresholds else None, **caps)
+                            thresholds=read_thresholds_file(args.thresholds) if args.thresholds else None,
+                            threads=args.threads, **caps)
     print(f"Triton model repository ({args.runtime} runtime) written to {repo}")
     return 0
 
@@ -231,6 +232,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                       help="how the entry model runs the engines: local, in its own sessions (python runtime only, "
                            "its default: one hop less per request, a second copy of each engine in memory), or bls, "
                            "calling the engine models (default for the GPU runtimes)")
+    repo.add_argument("--threads", type=int, default=0,
+                      help="python runtime: ONNX Runtime threads per engine session (default 0: one per core)")
     repo.add_argument("--thresholds", metavar="FILE",
                       help='JSON {"label": threshold, "*": default} (`sigrl calibrate --out`): the entry model also '
                            "answers tags, each image's labels at or above their thresholds")

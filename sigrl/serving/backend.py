@@ -58,6 +58,7 @@ SETTING_THRESHOLDS = "thresholds"  # {label: threshold, "*": default}: the entry
 PARAM_PREPROCESS = "preprocess"
 PARAM_CACHE_SIZE = "cache_size"
 PARAM_TOKENIZER_CACHE_SIZE = "tokenizer_cache_size"
+PARAM_THREADS = "intra_op_threads"  # ONNX Runtime threads per engine session; 0: its default (one per core)
 # Formats the entry model decodes (PIL would open many more, some through external programs).
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 BACKGROUND = (255, 255, 255)  # transparent pixels are shown on white, as a browser page shows them
@@ -475,12 +476,13 @@ class EngineSession:
     inputs and outputs are float32).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: int = 0) -> None:
         import onnxruntime as ort  # an optional extra (cpu/gpu), as in sigrl.deploy.runtimes
 
         self.config = SigRLConfig(**json.loads(read_metadata(path)["config"]))
         self.spec = next(spec for spec in engine_specs(self.config) if path.name == spec.file_name)
         options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
         options.add_session_config_entry("session.force_spinning_stop", "1")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
@@ -514,7 +516,8 @@ class _EngineModel:
     engine: ClassVar[str]
 
     def initialize(self, args: dict[str, str]) -> None:
-        self.engine_session = EngineSession(version_dir(args) / f"{self.engine}.onnx")
+        threads = int(model_parameters(args["model_config"]).get(PARAM_THREADS, 0))
+        self.engine_session = EngineSession(version_dir(args) / f"{self.engine}.onnx", threads)
 
     def run(self, request: Any) -> dict[str, np.ndarray]:
         spec = self.engine_session.spec
@@ -604,7 +607,8 @@ class SigRLModel:
                                    (TextGMCEngine.name, ImageSVFREngine.name))
         self.default_vocabulary: Vocabulary = tuple(settings["vocabulary"])
         repository = Path(args["model_repository"]).parent
-        self.local_engines = {name: EngineSession(repository / path)
+        threads = int(params.get(PARAM_THREADS, 0))
+        self.local_engines = {name: EngineSession(repository / path, threads)
                               for name, path in settings.get(SETTING_LOCAL_ENGINES, {}).items()}
         thresholds = settings.get(SETTING_THRESHOLDS)
         self.thresholds = None if thresholds is None else Thresholds.from_json(thresholds, SETTINGS_FILE)

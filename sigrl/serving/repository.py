@@ -41,6 +41,7 @@ from sigrl.deploy.tensorrt import BuildRecord, load_plans
 from sigrl.serving.backend import (
     PARAM_CACHE_SIZE,
     PARAM_PREPROCESS,
+    PARAM_THREADS,
     PARAM_TOKENIZER_CACHE_SIZE,
     SETTING_LOCAL_ENGINES,
     SETTING_THRESHOLDS,
@@ -141,7 +142,7 @@ def engine_model_config(spec: EngineSpec, runtime: Runtime, extra: Sequence[str]
 
 def entry_model_config(max_batch: int, limits: EntryLimits, cache_size: int, tokenizer_cache_size: int,
                        preprocess: Mapping[str, Any], default_vocabulary: Sequence[str] = (),
-                       queue_delay_us: int = ENTRY_QUEUE_DELAY_US, tags: bool = False) -> str:
+                       queue_delay_us: int = ENTRY_QUEUE_DELAY_US, tags: bool = False, threads: int = 0) -> str:
     """``config.pbtxt`` of ``sigrl``: per batch item one image, its label names (ragged) and top_k; ``tags``
     adds the output of the labels at or above the served thresholds."""
     inputs = [_tensor("image", "TYPE_STRING", [1]),
@@ -156,7 +157,7 @@ def entry_model_config(max_batch: int, limits: EntryLimits, cache_size: int, tok
         _tensor_list("input", inputs), _tensor_list("output", outputs),
         f"dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}", _instance_group("KIND_CPU"),
         _parameters({**asdict(limits), PARAM_CACHE_SIZE: cache_size, PARAM_TOKENIZER_CACHE_SIZE: tokenizer_cache_size,
-                     PARAM_PREPROCESS: json.dumps(dict(preprocess)),
+                     PARAM_PREPROCESS: json.dumps(dict(preprocess)), PARAM_THREADS: threads,
                      PARAM_DEFAULT_VOCABULARY: json.dumps(list(default_vocabulary), ensure_ascii=False)}),
     ]) + "\n"
 
@@ -285,7 +286,7 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
                      tokenizer_cache_size: int = 10_000, queue_delay_us: int = ENTRY_QUEUE_DELAY_US,
                      overwrite: bool = False, plans: Sequence[Path] = (), ort_tensorrt: str | None = None,
                      ort_tensorrt_cache: str | None = None, entry_engines: EntryEngines | None = None,
-                     thresholds: Thresholds | None = None, **caps: int) -> Path:
+                     thresholds: Thresholds | None = None, threads: int = 0, **caps: int) -> Path:
     """Write a Triton model repository for the engines in ``engines`` (``sigrl export``) to ``out``.
 
     ``max_batch`` caps the images per batch of ``sigrl`` (at most the image engine's batch range);
@@ -303,7 +304,8 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
     runtime only, its default: no hop to another stub per request, at the cost of a second copy of each
     engine in memory), or ``bls``, calling the engine models (default for the GPU runtimes).
     ``thresholds`` (e.g. ``Thresholds.read`` of ``sigrl calibrate``'s file): the entry model also answers
-    ``tags``, each image's labels at or above their thresholds.
+    ``tags``, each image's labels at or above their thresholds. ``threads``: ONNX Runtime's intra-op
+    threads per engine session of the python runtime (0: its default, one per core).
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -324,6 +326,7 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
     _check_range("cache_size", cache_size, 0)
     _check_range("tokenizer_cache_size", tokenizer_cache_size, 0)
     _check_range("queue_delay_us", queue_delay_us, 0)
+    _check_range("threads", threads, 0)
     preprocess = _preprocess_params(metadata, image_spec.image_size)
     _check_target(out, overwrite)
     _check_runtime_options(runtime, plans, ort_tensorrt, ort_tensorrt_cache)
@@ -340,7 +343,8 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
         raise ValueError(f"the engines in {engines} are bf16, which ONNX Runtime's CPU provider (the python runtime) "
                          "cannot run: serve them as TensorRT plans (--runtime tensorrt) or with onnxruntime on a GPU")
     for name, precision in precisions.items():  # recorded for operators and clients reading the config
-        extra[name].append(_parameters({"precision": precision}))
+        extra[name].append(_parameters({"precision": precision, **({PARAM_THREADS: threads} if runtime == "python"
+                                                                    else {})}))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
@@ -348,7 +352,7 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
         configs = {spec.name: engine_model_config(spec, runtime, extra[spec.name]) for spec in specs}
         configs[ENTRY_MODEL] = entry_model_config(max_batch, limits, cache_size, tokenizer_cache_size, preprocess,
                                                   json.loads(metadata["vocabulary"]), queue_delay_us,
-                                                  tags=thresholds is not None)
+                                                  tags=thresholds is not None, threads=threads)
         python_models: dict[str, type] = {ENTRY_MODEL: SigRLModel}
         if runtime == "python":
             python_models.update(_PYTHON_MODELS)
