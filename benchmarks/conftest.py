@@ -133,7 +133,7 @@ def _make_runtime(runtime: str, precision: str, options, checkpoint: Path, serve
     if runtime == "triton":
         if precision != options.bench_served_precision:
             raise Unavailable(f"the served engines are {options.bench_served_precision} (--bench-served-precision)")
-        from sigrl.serving.client import TritonRuntime
+        from sigrl.serving.triton_runtime import TritonRuntime
 
         return TritonRuntime(served.url())
     raise Unavailable(f"unknown runtime {runtime!r}")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sigrl.bench import perf_analyzer as pa
-from sigrl.bench.flops import count_gflop, gemm_roofline
+from sigrl.bench.flops import count_gflop, gemm_roofline, onnxruntime_gemm_roofline, roofline_for
 from sigrl.bench.report import compare, render_report, write_plots
 from sigrl.bench.results import Row, load_results, new_results, rows_from_pytest_benchmark, save_results
 from sigrl.cli import bench as bench_cli
@@ -30,7 +30,8 @@ def row(runtime: str, precision: str, engine: str, p50: float, **kw) -> Row:
 
 
 def results_with(rows: list[Row]) -> dict:
-    doc = new_results("tiny", MACHINE, {"fp32": 200.0, "bf16": 800.0}, rows, ["loaded machine"])
+    doc = new_results("tiny", MACHINE, {"fp32": 200.0, "bf16": 800.0, "onnxruntime fp32": 400.0}, rows,
+                      ["loaded machine"])
     doc["rows"] = rows
     return doc
 
@@ -67,9 +68,10 @@ def test_report_ratios_against_eager_fp32_and_roofline():
     report = render_report(results_with(rows))
     lines = {line.split("|")[1].strip() + "/" + line.split("|")[3].strip(): line for line in report.splitlines()
              if line.startswith("| ") and "image_svfr" not in line and line.count("|") > 10}
-    assert "| 2.00× | 200.0 | 100.0% |" in lines["onnxruntime/–"]  # 1 GFLOP in 5 ms vs a 200 GFLOP/s roofline
+    # 1 GFLOP in 5 ms against ONNX Runtime's own 400 GFLOP/s probe; eager against torch's 200
+    assert "| 2.00× | 200.0 | 50.0% |" in lines["onnxruntime/–"]
     assert "| 1.00× | 100.0 | 50.0% |" in lines["torch/–"]
-    assert "| 0.50× |" in lines["triton/cache-hit"]  # the served model against the eager image engine
+    assert "| 0.50× | 50.0 | 12.5% |" in lines["triton/cache-hit"]  # served: ONNX Runtime, against its probe
     assert "perf_analyzer" in report and "> loaded machine" in report
 
 
@@ -117,6 +119,12 @@ def test_flop_count_and_roofline_probe():
     assert count_gflop(lambda: a @ torch.randn(32, 16)) == pytest.approx(2 * 64 * 32 * 16 / 1e9)
     peaks = gemm_roofline(("fp32",), max_size=256, seconds=0.05)
     assert peaks["fp32"] > 0
+    ort_peaks = onnxruntime_gemm_roofline(("fp32", "int8"), max_size=256, seconds=0.05, threads=1)
+    assert sorted(ort_peaks) == ["onnxruntime fp32", "onnxruntime int8"] and min(ort_peaks.values()) > 0
+    probes = {"fp32": 1.0, "bf16": 2.0, "int8": 3.0, "onnxruntime fp32": 4.0}
+    assert roofline_for("torch", "fp16", probes) == 2.0  # torch has no fp16 probe: bf16's rate
+    assert roofline_for("triton", "fp32", probes) == 4.0  # served engines run in ONNX Runtime
+    assert roofline_for("onnxruntime", "int8", probes) is None  # torch's int8 kernels say nothing about ORT's
 
 
 def test_cli_names_a_missing_suite_and_a_bad_compare_file(tmp_path, monkeypatch, capsys):
@@ -131,7 +139,8 @@ def test_cli_names_a_missing_suite_and_a_bad_compare_file(tmp_path, monkeypatch,
 
 
 def test_sigrl_bench_quick_on_tiny_engines_writes_results_report_plots(tiny_engines, tmp_path):
-    """A real `sigrl bench --quick`, restricted to the fastest cases: torch and ONNX Runtime, C = 81, B = 1.
+    """A real `sigrl bench --quick`, restricted to the fastest cases: torch, ONNX Runtime and the bundled
+    Triton (engine models and the entry model), C = 81, B = 1.
 
     It reuses the session's exported tiny engines (the bench looks for ``tiny.pt`` and
     ``tiny-engines-fp32`` in --work), so it times the suite and report, not an export.
@@ -143,7 +152,7 @@ def test_sigrl_bench_quick_on_tiny_engines_writes_results_report_plots(tiny_engi
     (work / "tiny-engines-fp32").symlink_to(engines)
     out = tmp_path / "out"
     assert main(["bench", "--config", "tiny", "--quick", "--out", str(out), "--work", str(work),
-                 "--runtimes", "torch", "onnxruntime", "--precisions", "fp32", "bf16", "--no-perf-analyzer",
+                 "--runtimes", "torch", "onnxruntime", "triton", "--precisions", "fp32", "bf16", "--no-perf-analyzer",
                  "--pytest-args=-k 'C81 and (text or B1)'"]) == 0
     results = load_results(out / "results.json")
     measured = {(r.runtime, r.precision, r.engine, r.batch, r.classes) for r in results["rows"]}
@@ -152,6 +161,7 @@ def test_sigrl_bench_quick_on_tiny_engines_writes_results_report_plots(tiny_engi
         # bf16 is either measured or named as not measured, with the reason
         assert ((runtime, "bf16", "image_svfr", 1, 81) in measured
                 or any(n.startswith("not measured") and "bf16" in n for n in results["notes"]))
+    assert {("triton", "fp32", "image_svfr", 1, 81), ("triton", "fp32", "sigrl", 1, 81)} <= measured
     assert all(r.p95_ms >= r.p50_ms > 0 and r.throughput > 0 and r.gflop > 0 for r in results["rows"])
     assert results["roofline"]["fp32"] > 0 and results["machine"]["cores"] >= 1
     report = (out / "report.md").read_text()

@@ -35,7 +35,7 @@ def achieved_gflops(row: Row) -> float | None:
 
 
 def roofline_share(row: Row, roofline: dict[str, float]) -> float | None:
-    achieved, peak = achieved_gflops(row), roofline_for(row.precision, roofline)
+    achieved, peak = achieved_gflops(row), roofline_for(row.runtime, row.precision, roofline)
     return achieved / peak if achieved is not None and peak else None
 
 

@@ -99,7 +99,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import pytest
 
     from sigrl.bench import workload
-    from sigrl.bench.flops import gemm_roofline
+    from sigrl.bench.flops import gemm_roofline, onnxruntime_gemm_roofline
     from sigrl.bench.report import compare, render_report, write_plots
     from sigrl.bench.results import load_results, machine_record, new_results, rows_from_pytest_benchmark, save_results
 
@@ -118,6 +118,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     machine = machine_record()
     print(f"machine: {machine['cpu']}, {machine['cores']} cores; probing the GEMM roofline ...", flush=True)
     roofline = gemm_roofline(seconds=0.5 if args.quick else 2.0)
+    if {"onnxruntime", "triton"} & set(args.runtimes):
+        roofline |= onnxruntime_gemm_roofline(tuple(p for p in args.precisions if p != "bf16"),
+                                              seconds=0.5 if args.quick else 2.0, threads=args.threads)
     checkpoint = workload.bench_checkpoint(args.config, work)
     notes = [f"torch, in-process ONNX Runtime and the served engines used {args.threads} thread(s)"] \
         if args.threads else []
@@ -138,6 +141,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 1
         if serve and not args.no_perf_analyzer:
+            engines = workload.engines_dir(checkpoint, args.served_precision)
             perf_rows = _perf_analyzer_rows(args, server.grpc_url, engines, out, notes)
     finally:
         if server is not None:
