@@ -40,15 +40,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from sigrl.serving.protocol import ENTRY_MODEL
     from sigrl.serving.server import PortInUseError, TritonServer, is_loopback
 
     repo = Path(args.repo)
     if not repo.is_dir():
         return _serve_error(f"--repo {repo}: no such folder; build one with `sigrl triton-repo --engines DIR --out {repo}`")
-    if not (repo / ENTRY_MODEL / "config.pbtxt").is_file():
-        return _serve_error(f"--repo {repo} holds no {ENTRY_MODEL!r} model ({ENTRY_MODEL}/config.pbtxt): is it a "
-                            "repository written by `sigrl triton-repo`?")
+    if not any(repo.glob("*/config.pbtxt")):  # Triton would start "ready" with no model and fail every request
+        return _serve_error(f"--repo {repo} holds no model (no MODEL/config.pbtxt): is it a repository written by "
+                            "`sigrl triton-repo`?")
     admin_key = None
     if args.admin_key_file:
         try:
