@@ -153,9 +153,7 @@ class OnnxRuntime(EngineRuntime):
     def __init__(self, engine_dir: str | Path, device: str = "auto", threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        engine_dir = Path(engine_dir)
-        self.text_spec, self.image_spec = engine_specs(engine_config(engine_dir))
-        self.engine_precisions = engine_precisions(engine_dir)
+        engine_dir = self._read_engines(engine_dir)
         requested = ort_providers(device)
         if "bf16" in self.engine_precisions.values() and requested[0] == "CPUExecutionProvider":
             raise ValueError(f"ONNX Runtime's CPU provider cannot run the bf16 graphs in {engine_dir}: check them "
@@ -170,6 +168,13 @@ class OnnxRuntime(EngineRuntime):
             warnings.warn(f"ONNX Runtime fell back from {requested[0]} to {active[0]} "
                           "(are the CUDA/cuDNN libraries onnxruntime-gpu needs installed?)", RuntimeWarning)
         self._provider = active[0]
+
+    def _read_engines(self, engine_dir: str | Path) -> Path:
+        """Set the engine specs and precisions from the engines' metadata; returns the folder as a Path."""
+        engine_dir = Path(engine_dir)
+        self.text_spec, self.image_spec = engine_specs(engine_config(engine_dir))
+        self.engine_precisions = engine_precisions(engine_dir)
+        return engine_dir
 
     @property
     def provider(self) -> str:
@@ -199,9 +204,7 @@ class OnnxReferenceRuntime(OnnxRuntime):
     def __init__(self, engine_dir: str | Path) -> None:
         from onnx.reference import ReferenceEvaluator
 
-        engine_dir = Path(engine_dir)
-        self.text_spec, self.image_spec = engine_specs(engine_config(engine_dir))
-        self.engine_precisions = engine_precisions(engine_dir)
+        engine_dir = self._read_engines(engine_dir)
         self.sessions = {spec.name: ReferenceEvaluator(str(engine_dir / spec.file_name))
                          for spec in (self.text_spec, self.image_spec)}
         self._provider = "onnx.reference"
