@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sigrl.cli.arguments import positive_float, positive_int
+from sigrl.cli.arguments import non_negative_int, positive_float, positive_int
 from sigrl.errors import UsageError
 
 if TYPE_CHECKING:
@@ -231,7 +231,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                       help="how the entry model runs the engines: local, in its own sessions (python runtime only, "
                            "its default: one hop less per request, a second copy of each engine in memory), or bls, "
                            "calling the engine models (default for the GPU runtimes)")
-    repo.add_argument("--threads", type=int, default=0,
+    repo.add_argument("--threads", type=non_negative_int, default=0,
                       help="python runtime: ONNX Runtime threads per engine session (default 0: one per core)")
     repo.add_argument("--thresholds", metavar="FILE",
                       help='JSON {"label": threshold, "*": default} (`sigrl calibrate --out`): the entry model also '

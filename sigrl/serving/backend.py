@@ -556,16 +556,15 @@ async def _bls(model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[s
 
 
 class PushedCounters:
-    """Counters kept in the stub and added to Triton's Prometheus metrics (``/metrics``) by :meth:`push`.
+    """Triton Prometheus counters (``/metrics``) that follow totals kept in the stub, through :meth:`push`.
 
-    Each change of a custom metric is a message from the stub to the server, so counts are pushed once
+    Each change of a custom metric is a message from the stub to the server, so totals are pushed once
     per ``execute``, not per event. Without metrics (``--allow-metrics=false``) nothing is pushed.
     """
 
     def __init__(self, name: str, description: str, label: str, values: Sequence[str]) -> None:
         pb = _pb_utils()
-        self.counts = dict.fromkeys(values, 0)
-        self._pushed = dict(self.counts)
+        self._pushed = dict.fromkeys(values, 0)
         try:
             self._family = pb.MetricFamily(name=name, description=description, kind=pb.MetricFamily.COUNTER)
             self._metrics = {value: self._family.Metric(labels={label: value}) for value in values}
@@ -573,12 +572,12 @@ class PushedCounters:
             pb.Logger.log_warn(f"{name}: not exported ({err})")
             self._metrics = {}
 
-    def push(self) -> None:
-        """Add what was counted since the last push to the exported counters."""
+    def push(self, totals: Mapping[str, int]) -> None:
+        """Add to each exported counter what its total (a count since start) gained since the last push."""
         for value, metric in self._metrics.items():
-            if self.counts[value] != self._pushed[value]:
-                metric.increment(self.counts[value] - self._pushed[value])
-                self._pushed[value] = self.counts[value]
+            if totals[value] != self._pushed[value]:
+                metric.increment(totals[value] - self._pushed[value])
+                self._pushed[value] = totals[value]
 
     def close(self) -> None:
         """Release the metrics before their family (the order the python backend requires)."""
@@ -602,9 +601,10 @@ class SigRLModel:
         self.cache = VocabularyCache(int(params[PARAM_CACHE_SIZE]))
         self.lookups = PushedCounters("sigrl_vocabulary_lookups_total", "Vocabularies looked up in the entry "
                                       "model's cache, by result", "result", ("hit", "miss"))
+        engines = (TextGMCEngine.name, ImageSVFREngine.name)
         self.runs = PushedCounters("sigrl_engine_runs_total", "Engine runs of the entry model (in its own sessions "
-                                   "or through BLS), by engine", "engine",
-                                   (TextGMCEngine.name, ImageSVFREngine.name))
+                                   "or through BLS), by engine", "engine", engines)
+        self.engine_runs = dict.fromkeys(engines, 0)
         self.default_vocabulary: Vocabulary = tuple(settings["vocabulary"])
         repository = Path(args["model_repository"]).parent
         threads = int(params.get(PARAM_THREADS, 0))
@@ -634,9 +634,8 @@ class SigRLModel:
         for members, answer in zip(groups.values(), answers):
             for index, response in zip(members, answer):
                 responses[index] = response
-        self.lookups.counts.update(hit=self.cache.hits, miss=self.cache.misses)
-        self.lookups.push()
-        self.runs.push()
+        self.lookups.push({"hit": self.cache.hits, "miss": self.cache.misses})
+        self.runs.push(self.engine_runs)
         return responses
 
     async def _answer_group(self, labels: Vocabulary, entries: list[EntryRequest]) -> list[Any]:
@@ -686,7 +685,7 @@ class SigRLModel:
 
     async def _engine(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> list[np.ndarray]:
         """The ``outputs`` of engine ``model`` for ``inputs``: in this stub's session if it has one, else by BLS."""
-        self.runs.counts[model] += 1
+        self.engine_runs[model] += 1
         session = self.local_engines.get(model)
         if session is None:
             return await _bls(model, inputs, outputs)
