@@ -20,12 +20,13 @@ if TYPE_CHECKING:  # what the lazy attributes below resolve to, for type checker
     from sigrl import metrics
     from sigrl.checkpoint import load_checkpoint
     from sigrl.factory import create_model, create_model_and_transforms, get_model_config, load_clip_weights
-    from sigrl.model import SigRL, SigRLConfig
+    from sigrl.config import DEFAULT_TEMPLATE, SigRLConfig
+    from sigrl.model import SigRL
     from sigrl.registry import list_models
-    from sigrl.tokenizer import DEFAULT_TEMPLATE, tokenize
+    from sigrl.tokenizer import tokenize
 
 _LAZY = {
-    "DEFAULT_TEMPLATE": "sigrl.tokenizer", "SigRL": "sigrl.model", "SigRLConfig": "sigrl.model",
+    "DEFAULT_TEMPLATE": "sigrl.config", "SigRL": "sigrl.model", "SigRLConfig": "sigrl.config",
     "create_model": "sigrl.factory", "create_model_and_transforms": "sigrl.factory",
     "get_model_config": "sigrl.factory", "list_models": "sigrl.registry", "load_checkpoint": "sigrl.checkpoint",
     "load_clip_weights": "sigrl.factory", "metrics": "sigrl.metrics", "tokenize": "sigrl.tokenizer",

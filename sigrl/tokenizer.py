@@ -1,4 +1,7 @@
-"""Prompting and tokenisation of label names with open_clip's CLIP BPE tokenizer (bundled, no download)."""
+"""Prompting and tokenisation of label names with open_clip's CLIP BPE tokenizer (bundled, no download).
+
+Torch-free code (the served models, the gRPC client) uses :mod:`sigrl.bpe`, held to the same ids.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,8 @@ from typing import Sequence
 import open_clip
 import torch
 
-DEFAULT_TEMPLATE = "There is a {} in the scene."
-CONTEXT_LENGTH = 77
+from sigrl.bpe import CONTEXT_LENGTH, prompts
+from sigrl.config import DEFAULT_TEMPLATE
 
 
 @lru_cache(maxsize=1)
@@ -29,7 +32,7 @@ def tokenize(label_names: Sequence[str], template: str = DEFAULT_TEMPLATE) -> to
     for position, name in enumerate(label_names):
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"label name at position {position} must be a non-empty string, got {name!r}")
-    return _clip_tokenizer()([template.format(name.strip()) for name in label_names])
+    return _clip_tokenizer()(prompts(label_names, template))
 
 
 def trim_token_ids(token_ids: torch.Tensor) -> torch.Tensor:

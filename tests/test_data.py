@@ -30,6 +30,7 @@ from sigrl.data import (
 )
 from sigrl.data.nus_wide import image_path
 from sigrl.data.synthetic import COLORS, SHAPES
+from sigrl.data.transforms import TensorTransform
 
 RAW = T.PILToTensor()  # uint8 [3, H, W]: lets a test see which file an item was read from
 
@@ -146,9 +147,21 @@ def test_test_transform_is_resize_then_centre_crop(size):
     torch.testing.assert_close(output, timm_transform(image))
 
 
-def test_test_transform_rounds_the_resize():
-    resize = build_transform(96, is_training=False).transforms[0]
-    assert isinstance(resize, T.Resize) and resize.size == 110  # round(109.7); timm would floor to 109
+@pytest.mark.parametrize("size", [64, 96, 224])
+def test_test_transform_is_torchvisions_resize_crop_and_normalise_bit_for_bit(size):
+    """The evaluation transform (torch-free, shared with serving) against torchvision's pipeline on many shapes;
+    the resize rounds (110 at 96, where timm would floor to 109)."""
+    from sigrl.preprocess import EvalTransform
+
+    shorter = round(size * 256 / 224)
+    assert EvalTransform(size).shorter_side == shorter and (size != 96 or shorter == 110)
+    reference = T.Compose([T.Resize(shorter, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size),
+                           T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    transform = build_transform(size, is_training=False)
+    rng = np.random.default_rng(size)
+    for width, height in [(shorter, shorter), (size, 3 * size), (700, 301), *rng.integers(size // 2, 900, (12, 2))]:
+        image = Image.fromarray(rng.integers(0, 256, (int(height), int(width), 3), dtype=np.uint8))
+        assert torch.equal(transform(image), reference(image)), (width, height)
 
 
 @pytest.mark.parametrize("size", [224, 64])
@@ -514,7 +527,7 @@ def test_build_dataset_nus_wide_splits(tmp_path):
     assert not set(train.indices) & set(val.indices)
     assert torch.equal(val.labels, torch.from_numpy(fixture.train_labels[val.indices]).float())
     assert type(train.dataset.transform.transforms[2]).__name__ == "RandAugment"
-    assert isinstance(val.dataset.transform.transforms[0], T.Resize)
+    assert isinstance(val.dataset.transform, TensorTransform)  # the evaluation transform serving applies too
     assert train[0]["image"].shape == val[0]["image"].shape == (3, 64, 64)
     assert val[0]["index"] == 0
     batch = next(iter(torch.utils.data.DataLoader(train, batch_size=4, shuffle=True, num_workers=2)))
@@ -532,7 +545,7 @@ def test_build_dataset_spml_transform_per_split(tmp_path):
     train = build_dataset("voc", "train", root=root, image_size=64)
     test = build_dataset("voc", "test", root=root, image_size=64)
     assert type(train.transform.transforms[2]).__name__ == "RandAugment"
-    assert isinstance(test.transform.transforms[0], T.Resize)
+    assert isinstance(test.transform, TensorTransform)
     assert train[0]["image"].shape == test[0]["image"].shape == (3, 64, 64)
     assert "true_labels" in train[0]
     custom = build_dataset("voc", "val", root=root, transform=RAW)

@@ -30,21 +30,25 @@ pytest.importorskip("tritonclient.grpc", reason='needs tritonclient (pip install
 from tritonclient.grpc import model_config_pb2  # noqa: E402
 
 from sigrl.serving import repository as repository_module  # noqa: E402
-from sigrl.serving.backend import (  # noqa: E402
-    EntryLimits,
-    ImagePreprocessor,
-    RequestError,
-    VocabularyCache,
+from sigrl.bpe import ClipBPE  # noqa: E402
+from sigrl.serving.entry import (  # noqa: E402
+    check_embeddings,
     group_by_vocabulary,
-    PromptTokenizer,
-    check_token_ids,
     parse_request,
     top_k,
+    unscorable_images,
     validate_images,
-    validate_labels,
     validate_top_k,
 )
-from sigrl.serving.repository import build_repository  # noqa: E402
+from sigrl.serving.images import ImagePreprocessor  # noqa: E402
+from sigrl.serving.protocol import EntryLimits, LabelError, RequestError  # noqa: E402
+from sigrl.serving.repository import Instances, build_repository  # noqa: E402
+from sigrl.serving.vocabulary import (  # noqa: E402
+    PromptTokenizer,
+    VocabularyCache,
+    check_token_ids,
+    validate_labels,
+)
 
 VOCABULARY = ["red circle", "blue square", "green triangle", "café"]
 MODELS = ["image_svfr", "sigrl", "text_gmc"]
@@ -132,17 +136,22 @@ def test_every_runtime_writes_parseable_configs(runtime, plan_engines, tmp_path)
     assert outputs_of(image) == {"scores": (fp32, [-1, -1])}
     kind = Kind.KIND_CPU if runtime == "python" else Kind.KIND_GPU
     for config in (text, image):
-        assert [(g.kind, g.count) for g in config.instance_group] == [(kind, 1)]
-        assert len(config.model_warmup) == 1 and config.model_warmup[0].batch_size == 1
-    warm_text = text.model_warmup[0].inputs["token_ids"]  # an empty prompt: start and end token
-    assert (warm_text.data_type, list(warm_text.dims), warm_text.input_data_file) == (int32, [1, 2], "token_ids")
-    assert np.frombuffer((repo / "text_gmc" / "warmup" / "token_ids").read_bytes(), "<i4").tolist() == [49406, 49407]
-    warm_images = image.model_warmup[0].inputs["images"]  # zeros: Triton's random data can be NaN
-    assert (list(warm_images.dims), warm_images.zero_data) == ([1, 3, 64, 64], True)
-    assert sorted(image.model_warmup[0].inputs) == ["graph_emb", "images", "label_emb"]
+        assert [(g.kind, g.count, list(g.gpus)) for g in config.instance_group] == [(kind, 1, [])]
+    if runtime == "python":  # the engine models warm themselves up (an error answer to Triton's warm-up crashes it)
+        assert not text.model_warmup and not image.model_warmup and not (repo / "text_gmc" / "warmup").exists()
+    else:
+        assert all(len(c.model_warmup) == 1 and c.model_warmup[0].batch_size == 1 for c in (text, image))
+        warm_text = text.model_warmup[0].inputs["token_ids"]  # an empty prompt: start and end token
+        assert (warm_text.data_type, list(warm_text.dims), warm_text.input_data_file) == (int32, [1, 2], "token_ids")
+        warm_file = (repo / "text_gmc" / "warmup" / "token_ids").read_bytes()
+        assert np.frombuffer(warm_file, "<i4").tolist() == [49406, 49407]
+        warm_images = image.model_warmup[0].inputs["images"]  # zeros: Triton's random data can be NaN
+        assert (list(warm_images.dims), warm_images.zero_data) == ([1, 3, 64, 64], True)
+        assert sorted(image.model_warmup[0].inputs) == ["graph_emb", "images", "label_emb"]
 
     backend = {"python": ("python", ""), "onnxruntime": ("", "onnxruntime_onnx"), "tensorrt": ("", "tensorrt_plan")}
-    files = {"python": ["model.py", "{name}.onnx"], "onnxruntime": ["model.onnx"], "tensorrt": ["model.plan"]}
+    files = {"python": ["model.py", "sigrl.json", "{name}.onnx"], "onnxruntime": ["model.onnx"],
+             "tensorrt": ["model.plan"]}
     for name in ("text_gmc", "image_svfr"):
         assert (configs[name].backend, configs[name].platform) == backend[runtime]
         expected = sorted(f.format(name=name) for f in files[runtime])
@@ -168,16 +177,26 @@ def test_every_runtime_writes_parseable_configs(runtime, plan_engines, tmp_path)
     preprocess = json.loads(params.pop("preprocess"))
     assert preprocess["image_size"] == 64 and preprocess["mean"] == [0.485, 0.456, 0.406]
     assert params == {"max_image_bytes": "1000", "max_request_bytes": str(32 * 2**20),
-                      "max_image_pixels": "25000000", "max_request_pixels": "50000000", "max_labels": "100",
+                      "max_image_pixels": "25000000", "max_request_pixels": "25000000",
+                      "max_resized_pixels": str(4 * 2**20), "max_labels": "100",
                       "max_label_chars": "200", "max_label_tokens": "67", "default_top_k": "5", "cache_size": "7",
                       "tokenizer_cache_size": "10000", "intra_op_threads": "0",
+                      "prompt_template": sigrl.DEFAULT_TEMPLATE,
                       "default_vocabulary": json.dumps(VOCABULARY, ensure_ascii=False)}
     settings = json.loads((repo / "sigrl" / "1" / "sigrl.json").read_text(encoding="utf-8"))
     local = {"local_engines": {name: f"{name}/1/{name}.onnx" for name in ("text_gmc", "image_svfr")}}
-    assert settings == {"vocabulary": VOCABULARY, "prompt_template": sigrl.DEFAULT_TEMPLATE,
+    config = sigrl.get_model_config("tiny").to_dict()
+    assert settings == {"config": config, "vocabulary": VOCABULARY, "prompt_template": sigrl.DEFAULT_TEMPLATE,
+                        "bpe_vocab": "bpe_simple_vocab_16e6.txt.gz",
                         **(local if runtime == "python" else {})}  # the python runtime runs them in the entry
     assert all((repo / path).is_file() for path in settings.get("local_engines", {}).values())
-    assert sorted(p.name for p in (repo / "sigrl" / "1").iterdir()) == ["model.py", "sigrl.json"]
+    assert sorted(p.name for p in (repo / "sigrl" / "1").iterdir()) == ["bpe_simple_vocab_16e6.txt.gz", "model.py",
+                                                                        "sigrl.json"]
+    ClipBPE(repo / "sigrl" / "1" / settings["bpe_vocab"])  # the served tokenizer reads its vocabulary there
+    if runtime == "python":
+        for name in ("text_gmc", "image_svfr"):
+            engine = json.loads((repo / name / "1" / "sigrl.json").read_text(encoding="utf-8"))
+            assert engine == {"config": config, "engine_file": f"{name}.onnx"}
 
 
 def test_model_py_shims_import_the_package_classes(fake_engines, tmp_path):
@@ -283,9 +302,11 @@ def test_preprocessing_other_than_the_evaluation_transform_is_refused(fake_engin
 
 def test_strings_are_escaped_in_configs():
     """Parameter values are protobuf string literals: quotes, backslashes and non-ASCII survive."""
-    config = repository_module.entry_model_config(4, EntryLimits(), 1, 1, {"note": 'a "quoted" \\ café\nline'})
+    config = repository_module.entry_model_config(4, EntryLimits(), 1, 1, {"note": 'a "quoted" \\ café\nline'},
+                                                  'A "{}" \\ here.')
     parsed = text_format.Parse(config, ModelConfig())
     assert json.loads(params_of(parsed)["preprocess"]) == {"note": 'a "quoted" \\ café\nline'}
+    assert params_of(parsed)["prompt_template"] == 'A "{}" \\ here.'
 
 
 # ------------------------------------------------------------------------------ request validation
@@ -413,9 +434,11 @@ def test_top_k_is_best_first_stable_and_clipped():
 
 @pytest.fixture(scope="module")
 def preprocessor(fake_engines, tmp_path_factory) -> ImagePreprocessor:
-    """The entry model's preprocessing from a built repository's config, outside Triton (caps: 10k pixels per image, 12k per request)."""
+    """The entry model's preprocessing from a built repository's config, outside Triton (caps: 10k pixels per image,
+    12k per request, 20k from a resize)."""
     repo = build_repository(fake_engines, "python", tmp_path_factory.mktemp("pre") / "repo")
-    return ImagePreprocessor(json.loads(params_of(read_config(repo, "sigrl"))["preprocess"]), 10_000, 12_000)
+    limits = EntryLimits(max_image_pixels=10_000, max_request_pixels=12_000, max_resized_pixels=20_000)
+    return ImagePreprocessor(json.loads(params_of(read_config(repo, "sigrl"))["preprocess"]), limits)
 
 
 def test_preprocess_is_exactly_the_evaluation_transform(preprocessor):
@@ -471,6 +494,10 @@ def _orientation(value: int) -> Image.Exif:
         (png_bytes((101, 100)), "image 1 is 101x100 pixels, over the limit of 10000 pixels per image"),
         (png_bytes((100, 80)), "the images of this request have 12800 pixels in all, over the limit of 12000"),
         (encoded(Image.new("F", (8, 8)), "TIFF"), "image 1 is not in a format this server reads"),
+        # 86 bytes, 2,000 pixels: its resize to a shorter side of 73 would make 73 x 146,000 pixels
+        (encoded(Image.new("RGB", (2000, 1))), r"image 1 is 2000x1 pixels: resizing its shorter side to 73 would "
+                                               r"make 10658000 pixels, over the limit of 20000 \(too elongated\)"),
+        (encoded(Image.new("L", (1, 300))), "image 1 is 1x300 pixels: resizing its shorter side to 73 would make"),
     ],
 )
 def test_preprocess_names_the_image_it_refuses(preprocessor, data, message):
@@ -481,8 +508,22 @@ def test_preprocess_names_the_image_it_refuses(preprocessor, data, message):
 # ------------------------------------------------------------------------------ tokens
 
 
+def test_a_resize_within_the_cap_is_scored_like_any_other(preprocessor):
+    wide = encoded(Image.fromarray(np.random.default_rng(5).integers(0, 256, (40, 19, 3), dtype=np.uint8)))
+    assert preprocessor.transform.output_pixels(19, 40) == 73 * 153 <= 20_000
+    assert preprocessor.pixels([wide]).shape == (1, 3, 64, 64)
+
+
+def test_sixteen_bit_grey_is_scaled_with_rounding_in_integers():
+    from sigrl.serving.images import to_rgb
+
+    levels = np.array([[0, 128, 129, 385, 386, 65535, 257 * 100 + 128, 257 * 100 + 129]], dtype=np.uint16)
+    grey = np.asarray(to_rgb(Image.fromarray(levels)))[..., 0]
+    assert grey.tolist() == [[0, 0, 1, 1, 2, 255, 100, 101]]  # round(v / 257)
+
+
 def test_prompt_tokenizer_refuses_what_the_text_engine_would_not_see_as_asked():
-    tokenizer = PromptTokenizer(sigrl.DEFAULT_TEMPLATE, 67, 1000)
+    tokenizer = PromptTokenizer(sigrl.DEFAULT_TEMPLATE, 67, ClipBPE())
     ids = tokenizer.token_ids(("dog", "red fish"))
     np.testing.assert_array_equal(ids, prepare_token_ids(sigrl.tokenize(["dog", "red fish"])))
     for labels, message in [
@@ -493,16 +534,41 @@ def test_prompt_tokenizer_refuses_what_the_text_engine_would_not_see_as_asked():
         (("dog " * 67,), "label 0 has 67 tokens, over the limit of 60 tokens"),
         (("dog " * 100,), "label 0 has more tokens than fit the text encoder"),
     ]:
-        with pytest.raises(RequestError, match=message):
-            PromptTokenizer(sigrl.DEFAULT_TEMPLATE, 60, 1000).token_ids(labels)
+        with pytest.raises(LabelError, match=message):
+            PromptTokenizer(sigrl.DEFAULT_TEMPLATE, 60, ClipBPE()).token_ids(labels)
 
 
 def test_the_tokenizer_word_cache_is_bounded():
-    tokenizer = PromptTokenizer(sigrl.DEFAULT_TEMPLATE, 67, 1000)
-    cache = tokenizer.clip.cache
-    tokenizer.token_ids(tuple(f"word{i}x" for i in range(1500)))
-    assert len(cache) <= cache.capacity + 2 and "<end_of_text>" in cache and "<start_of_text>" in cache
+    bpe = ClipBPE(cache_size=1000)
+    tokenizer = PromptTokenizer(sigrl.DEFAULT_TEMPLATE, 67, bpe)
+    words = tuple("zq" + "".join(chr(97 + i // 26**k % 26) for k in range(3)) for i in range(1500))  # letters only
+    tokenizer.token_ids(words)
+    assert len(bpe._cache) == 1000
     np.testing.assert_array_equal(tokenizer.token_ids(("dog",)), prepare_token_ids(sigrl.tokenize(["dog"])))
+
+
+def test_a_label_list_is_checked_without_a_request_as_the_server_checks_it():
+    from sigrl.serving.vocabulary import check_vocabulary
+
+    limits = EntryLimits(max_labels=3, max_label_tokens=67)
+    assert check_vocabulary([" dog", "cat"], limits, sigrl.DEFAULT_TEMPLATE, ClipBPE()) == ("dog", "cat")
+    for names, message in [(["Cat", "cat"], "labels: labels 0 .* and 1 .* are the same prompt"),
+                           (["a", "b", "c", "d"], "labels: 4 labels, more than the 3"),
+                           (["x <start_of_text>"], "labels: label 0 contains a special token")]:
+        with pytest.raises(LabelError, match=message):
+            check_vocabulary(names, limits, sigrl.DEFAULT_TEMPLATE, ClipBPE())
+
+
+def test_engine_outputs_that_are_not_finite_are_refused():
+    good = np.ones((3, 4), np.float32)
+    check_embeddings(good, good)
+    bad = good.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(LabelError, match="labels: the text engine cannot encode label 1: its graph embedding"):
+        check_embeddings(good, bad)
+    scores = np.zeros((4, 5), np.float32)
+    scores[2, 0], scores[3, 4] = np.inf, np.nan
+    assert unscorable_images(scores) == [2, 3] and unscorable_images(good) == []
 
 
 @pytest.mark.parametrize(
@@ -540,6 +606,40 @@ def test_triton_repo_command_sets_the_caps_and_the_queue_delay(fake_engines, tmp
     assert main(["triton-repo", "--engines", str(fake_engines), "--out", str(tmp_path / "bad"),
                  "--max-label-tokens", "500"]) == 2
     assert "max_label_tokens must be in [1, 67], got 500" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("runtime", ["python", "onnxruntime"])
+def test_instances_set_each_models_instance_group(runtime, fake_engines, tmp_path):
+    repo = build_repository(fake_engines, runtime, tmp_path / "repo",
+                            instances=Instances(entry=3, engines=2, gpus=() if runtime == "python" else (0, 2)))
+    kind, gpus = (Kind.KIND_CPU, []) if runtime == "python" else (Kind.KIND_GPU, [0, 2])
+    for name in ("text_gmc", "image_svfr"):
+        assert [(g.kind, g.count, list(g.gpus)) for g in read_config(repo, name).instance_group] == [(kind, 2, gpus)]
+    assert [(g.kind, g.count) for g in read_config(repo, "sigrl").instance_group] == [(Kind.KIND_CPU, 3)]
+
+
+@pytest.mark.parametrize(
+    ("runtime", "instances", "message"),
+    [("python", Instances(gpus=(0,)), r"GPUs \(--gpus\) are for the onnxruntime and tensorrt runtimes"),
+     ("onnxruntime", Instances(gpus=(1, 1)), r"GPUs must be distinct device numbers >= 0, got \[1, 1\]"),
+     ("python", Instances(entry=0), "entry instances must be >= 1"),
+     ("python", Instances(engines=0), "engine instances must be >= 1")],
+)
+def test_instances_that_do_not_fit_the_runtime_are_refused(runtime, instances, message, fake_engines, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        build_repository(fake_engines, runtime, tmp_path / "repo", instances=instances)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_triton_repo_command_sets_instances(fake_engines, tmp_path, capsys):
+    from sigrl.cli import main
+
+    assert main(["triton-repo", "--engines", str(fake_engines), "--out", str(tmp_path / "repo"), "--runtime",
+                 "onnxruntime", "--entry-instances", "2", "--engine-instances", "3", "--gpus", "1"]) == 0
+    assert [(g.count, list(g.gpus)) for g in read_config(tmp_path / "repo", "image_svfr").instance_group] == [(3, [1])]
+    assert read_config(tmp_path / "repo", "sigrl").instance_group[0].count == 2
+    assert main(["triton-repo", "--engines", str(fake_engines), "--out", str(tmp_path / "bad"), "--gpus", "0"]) == 2
+    assert "GPUs (--gpus) are for the onnxruntime and tensorrt runtimes" in capsys.readouterr().err
 
 
 def test_served_thresholds_add_the_tags_output_and_are_kept_in_the_settings(fake_engines, tmp_path):

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import textwrap
 import time
 import urllib.error
@@ -29,15 +31,20 @@ import tritonclient.grpc as grpcclient  # noqa: E402  (nvidia-pytriton depends o
 import tritonclient.http as httpclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+from raw_protocol import grpc_call, http_request  # noqa: E402
 from sigrl.serving import server as server_module  # noqa: E402
 from sigrl.serving.server import (  # noqa: E402
+    WORKDIR_PREFIX,
     TritonServer,
     find_tritonserver,
     free_port,
     is_loopback,
+    private_shm_error,
     server_env,
     stub_processes,
 )
+
+TESTS = Path(__file__).resolve().parent
 
 ADD_ONE_CONFIG = """\
 name: "{name}"
@@ -97,7 +104,15 @@ def processes_mentioning(text: str) -> list[int]:
 
 
 def shm_files(prefix: str) -> list[Path]:
+    """Regions of a server in the host's /dev/shm (where only a server without a private one puts them)."""
     return sorted(Path("/dev/shm").glob(f"{prefix}*"))
+
+
+def server_regions(server: TritonServer) -> list[Path]:
+    """The python stubs' regions of a running server, as its own processes see them (its private /dev/shm is
+    reachable for this user through /proc/PID/root)."""
+    shm = Path(f"/proc/{server.pid}/root/dev/shm") if server.private_shm else Path("/dev/shm")
+    return sorted(shm.glob(f"{server.shm_prefix}*"))
 
 
 def assert_nothing_left(server: TritonServer, pgid: int | None = None) -> None:
@@ -169,8 +184,10 @@ def test_stop_leaves_no_process_and_no_shared_memory(tmp_path):
         assert pgid is not None and os.getpgid(pgid) == pgid  # its own process group
         # the server and one python stub for add_one, both holding the shm prefix
         assert len(processes_mentioning(server.shm_prefix)) >= 2
-        assert shm_files(server.shm_prefix), "the python backend should have made its shm region"
-    assert server.pid is None and not server.is_ready()
+        assert server_regions(server), "the python backend should have made its shm region"
+        workdir = server.workdir
+        assert workdir.name.startswith(f"{WORKDIR_PREFIX}{os.getpid()}-") and workdir.stat().st_mode & 0o777 == 0o700
+    assert server.pid is None and not server.is_ready() and not workdir.exists()
     assert_nothing_left(server, pgid)
     server.stop()  # idempotent
 
@@ -277,7 +294,7 @@ def http_status(url: str, method: str = "GET", body: bytes | None = None, header
 
 def shm_register_body(server: TritonServer) -> bytes:
     """A request to register one of the python stub's own regions (what crashed Triton when allowed)."""
-    region = shm_files(server.shm_prefix)[0].name
+    region = server_regions(server)[0].name
     return json.dumps({"key": f"/{region}", "offset": 0, "byte_size": 64}).encode()
 
 
@@ -302,8 +319,110 @@ def test_metrics_are_served_and_shared_memory_is_private(server, grpc_client):
     test_grpc_inference_adds_one(grpc_client)
     with urllib.request.urlopen(server.metrics_url, timeout=30) as response:
         assert 'nv_inference_request_success{model="add_one",version="1"}' in response.read().decode()
-    regions = shm_files(server.shm_prefix)
-    assert regions and all(path.stat().st_mode & 0o077 == 0 for path in regions)  # readable by this user only
+    assert server_regions(server) and shm_files(server.shm_prefix) == []  # in Triton's own /dev/shm only
+    own_shm = Path(f"/proc/{server.pid}/root/dev/shm")
+    assert own_shm.stat().st_dev != Path("/dev/shm").stat().st_dev and own_shm.stat().st_mode & 0o777 == 0o700
+    for stub in stub_processes(server.pid):  # the stubs share it
+        assert Path(f"/proc/{stub}/root/dev/shm").stat().st_ino == own_shm.stat().st_ino
+
+
+# ------------------------------------------------------------------------------ attackers
+
+
+def _system_python() -> str | None:
+    """A Python another user can run (this one may live under a private home)."""
+    return next((path for path in ("/usr/bin/python3", "/usr/local/bin/python3") if os.access(path, os.X_OK)), None)
+
+
+@pytest.fixture(scope="module")
+def attacker():
+    """Run ``tests/attacks.py`` as the user nobody (setpriv), with h2 on its path; returns its JSON report."""
+    import h2
+
+    python, setpriv = _system_python(), shutil.which("setpriv")
+    if os.geteuid() != 0 or python is None or setpriv is None:
+        pytest.skip("running as another local user needs root, setpriv and a system python3")
+    place = Path(tempfile.mkdtemp(prefix="sigrl-attacker-"))  # tests/ may sit in a folder nobody can enter
+    for name in ("attacks.py", "raw_protocol.py"):
+        shutil.copy(TESTS / name, place / name)
+    shutil.copytree(Path(h2.__file__).parents[1], place / "site", ignore=lambda d, names: [
+        n for n in names if Path(d) == Path(h2.__file__).parents[1] and n not in ("h2", "hpack", "hyperframe")])
+    for path in [place, *place.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    command = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", python, str(place / "attacks.py")]
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{place}:{place / 'site'}"}
+
+    def run(*args: str, background: bool = False):
+        if background:
+            return subprocess.Popen([*command, *args], env=env, cwd="/", stdout=subprocess.PIPE, text=True)
+        done = subprocess.run([*command, *args], env=env, cwd="/", capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.splitlines()[-1])
+
+    yield run
+    shutil.rmtree(place)
+
+
+def test_no_client_reaches_the_admin_apis_with_any_header_or_what_another_user_can_read(server, attacker):
+    """No key: the restricted APIs are keyed to a header no client can send. Another local user reads the
+    server's arguments (that header and its value), and tries them, spelled every way, with gRPC over raw HTTP/2
+    and raw HTTP/1.1 on every restricted API; it cannot read the environment or the server's /dev/shm."""
+    report = attacker("admin", "--pid", str(server.pid), "--grpc", server.grpc_url, "--http", server.http_url)
+    assert report["uid"] == 65534 and report["read"]["cmdline"] == "restricted header found"
+    assert str(report["read"]["environ"]).startswith("denied") and str(report["read"]["root/dev/shm"]).startswith(
+        "denied")
+    assert report["tries"] > 100 and report["grpc_ok"] == [] and report["http_ok"] == []
+    assert server.is_ready()
+
+
+def test_raw_clients_reach_the_admin_apis_with_the_operators_key_only(tmp_path):
+    """The control: the same raw clients get in with the key, so the probes above can see an open API."""
+    import attacks
+
+    key = "k" * 8 + uuid.uuid4().hex
+    with TritonServer(write_add_one_repo(tmp_path / "repo"), admin_key=key) as server:
+        host, port = server.grpc_url.rsplit(":", 1)
+        header = b"triton-grpc-protocol-sigrl-admin-key"
+        assert grpc_call(host, int(port), "RepositoryIndex", headers=[(header, key.encode())]).ok
+        assert not grpc_call(host, int(port), "RepositoryIndex", headers=[(header, key.encode() + b"x")]).ok
+        http_host, http_port = server.http_url.rsplit(":", 1)
+        for value, status in ((key, 200), (key[:-1], 403)):
+            request = (f"POST /v2/repository/index HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+                       f"sigrl-admin-key: {value}\r\nConnection: close\r\n\r\n").encode()
+            assert http_request(http_host, int(http_port), request).status == status
+        report = attacks.probe_admin(server.pid, server.grpc_url, server.http_url)  # argv holds the key
+        assert report["grpc_ok"] and report["http_ok"]
+
+
+@pytest.mark.slow
+def test_no_other_user_opens_a_shared_memory_region_at_start_restart_or_ever(tmp_path, attacker):
+    """A watcher run by another user, started before the server, polls /dev/shm every millisecond (and the
+    server's own /dev/shm through /proc) while the server starts, serves, loses a stub and restarts. It sees
+    no region. The control: a server without a private /dev/shm shows the same watcher its regions."""
+    if private_shm_error():
+        pytest.skip(f"no private /dev/shm here: {private_shm_error()}")
+    repo = write_add_one_repo(tmp_path / "repo")
+    reports = {}
+    for private in (True, False):
+        watcher = attacker("watch", background=True)
+        assert watcher.stdout.readline().strip() == "watching"
+        server = TritonServer(repo, private_shm=private)
+        with server:
+            with grpcclient.InferenceServerClient(server.grpc_url) as client:
+                test_grpc_inference_adds_one(client)
+            os.kill(next(iter(stub_processes(server.pid))), signal.SIGKILL)
+            assert wait_for(lambda: server.dead_stubs() != [], 10)
+            server.restart()
+            with grpcclient.InferenceServerClient(server.grpc_url) as client:
+                test_grpc_inference_adds_one(client)
+            if server.kept_log:
+                server.kept_log.unlink()
+        watcher.terminate()
+        reports[private] = json.loads(watcher.stdout.read().splitlines()[-1])
+        assert watcher.wait(30) == 0
+    assert reports[True]["uid"] == 65534 and reports[True]["polls"] > 100
+    assert reports[True]["seen"] == [] and reports[True]["opened"] == []
+    assert reports[False]["seen"], "the watcher should see the regions of a server without a private /dev/shm"
 
 
 def test_the_admin_key_opens_the_admin_apis_and_a_dead_stub_is_restored_by_a_restart(tmp_path):
@@ -332,15 +451,34 @@ def test_the_admin_key_opens_the_admin_apis_and_a_dead_stub_is_restored_by_a_res
     assert_nothing_left(server)
 
 
-def test_a_crashed_server_keeps_its_log(tmp_path):
+def test_a_crashed_server_keeps_its_log_private(tmp_path):
     server = TritonServer(write_add_one_repo(tmp_path / "repo"))
     server.start()
     os.kill(server.pid, signal.SIGKILL)
     assert wait_for(lambda: not server.is_healthy(), 10)
     server.stop()
     assert server.kept_log is not None and "Started GRPCInferenceService" in server.kept_log.read_text()
+    assert server.kept_log.stat().st_mode & 0o777 == 0o600  # requests' errors are in it: this user's only
     server.kept_log.unlink()
     assert_nothing_left(server)
+
+
+def test_a_named_log_file_is_created_private(tmp_path):
+    with TritonServer(write_add_one_repo(tmp_path / "repo"), log_file=tmp_path / "triton.log") as server:
+        assert server.log_path.stat().st_mode & 0o777 == 0o600
+
+
+def test_work_folders_of_dead_wrappers_are_removed_at_the_next_start(tmp_path):
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # a pid nothing uses any more (a wrapper killed with kill -9)
+    stale = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{ended.pid}-"))
+    alive = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))  # this process is alive: kept
+    try:
+        with TritonServer(write_add_one_repo(tmp_path / "repo")):
+            assert not stale.exists() and alive.exists()
+    finally:
+        shutil.rmtree(alive, ignore_errors=True)
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def wait_for(condition, timeout: float = 30.0) -> bool:
@@ -359,6 +497,7 @@ def start_sigrl_serve(repo: Path, ports: list[int], log_file: Path) -> subproces
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     assert line.startswith("Triton ready"), (line, proc.stderr.read() if proc.poll() is not None else "")
+    assert f"work folder {tempfile.gettempdir()}/{WORKDIR_PREFIX}{proc.pid}-" in line  # found again if killed
     return proc
 
 
@@ -374,9 +513,10 @@ def test_sigrl_serve_killed_with_sigkill_takes_triton_along_and_restarts_on_the_
     assert wait_for(lambda: processes_mentioning(f"sigrl_triton_{first.pid}_") == [])
     assert "Started GRPCInferenceService" in (tmp_path / "first.log").read_text()  # the named log stays
 
+    assert list(Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}{first.pid}-*"))  # left by the killed wrapper
     second = start_sigrl_serve(repo, ports, tmp_path / "second.log")
     try:
-        assert shm_files(f"sigrl_triton_{first.pid}_") == []  # the dead server's regions were removed
+        assert list(Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}{first.pid}-*")) == []  # removed at start
         with grpcclient.InferenceServerClient(f"127.0.0.1:{ports[0]}") as client:
             test_grpc_inference_adds_one(client)
         taken = subprocess.run([sys.executable, "-m", "sigrl.cli", "serve", "--repo", str(repo), "--grpc-port",
@@ -393,3 +533,25 @@ def test_sigrl_serve_killed_with_sigkill_takes_triton_along_and_restarts_on_the_
 def test_loopback_addresses_are_recognised():
     assert all(map(is_loopback, ["127.0.0.1", "127.3.2.1", "::1", "localhost"]))
     assert not any(map(is_loopback, ["0.0.0.0", "192.168.1.4", "::", "example.org"]))
+
+
+def test_a_restricted_api_is_reported_as_restricted_not_as_no_server(server, grpc_client):
+    from sigrl.serving.client import translate_errors
+
+    with pytest.raises(PermissionError, match="keeps this API restricted .* operator's key"):
+        translate_errors(server.grpc_url, grpc_client.get_log_settings)
+
+
+def test_an_admin_key_file_others_can_read_is_refused(add_one_repo, tmp_path, capsys):
+    from sigrl.cli import main
+
+    key = tmp_path / "admin.key"
+    key.write_text("k" * 32)
+    key.chmod(0o644)
+    assert main(["serve", "--repo", str(add_one_repo), "--admin-key-file", str(key)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"--admin-key-file {key}" in error and f"chmod 600 {key}" in error
+    key.chmod(0o600)
+    key.write_text("short")
+    assert main(["serve", "--repo", str(add_one_repo), "--admin-key-file", str(key)]) == 2
+    assert "at least 16 printable ASCII characters" in capsys.readouterr().err

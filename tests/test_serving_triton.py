@@ -281,7 +281,7 @@ def test_second_repository_bls_engines_and_served_thresholds(engines, ort_runtim
     with TritonServer(repo) as server:
         client = grpcclient.InferenceServerClient(server.grpc_url)
         result = client.infer("sigrl", entry_inputs(images, labels))
-        assert [model_stats(client, name)[1] for name in ("text_gmc", "image_svfr")] == [2, 2]  # warm-up + BLS
+        assert [model_stats(client, name)[1] for name in ("text_gmc", "image_svfr")] == [1, 1]  # the BLS calls
         assert entry_counters(server)[IMAGE_RUNS] == 1
         client.close()
         np.testing.assert_array_equal(result.as_numpy("scores"), expected)
@@ -294,6 +294,44 @@ def test_second_repository_bls_engines_and_served_thresholds(engines, ort_runtim
         assert main(["tag", str(path), "--url", server.grpc_url, "--labels", ",".join(labels), "--json"]) == 0
         printed = json.loads(capsys.readouterr().out)
         assert [entry["label"] for entry in printed["top"]] == served[0]
+
+
+def poisoned_engines(engines: Path, out: Path, engine: str) -> Path:
+    """A copy of ``engines`` whose ``engine`` file has one weight matrix set to NaN: a model that cannot score."""
+    import onnx
+    from onnx import numpy_helper
+
+    out.mkdir()
+    for name in ("text_gmc.onnx", "image_svfr.onnx"):
+        model = onnx.load(engines / name)
+        if name == f"{engine}.onnx":
+            def matrices(graph):  # the weights, in the main graph and in loop bodies
+                yield from (t for t in graph.initializer if len(t.dims) == 2 and t.data_type == onnx.TensorProto.FLOAT)
+                for node in graph.node:
+                    for attribute in node.attribute:
+                        if attribute.type == onnx.AttributeProto.GRAPH:
+                            yield from matrices(attribute.g)
+            weight = max(matrices(model.graph), key=lambda t: t.dims[0] * t.dims[1])
+            weight.CopyFrom(numpy_helper.from_array(np.full(tuple(weight.dims), np.nan, np.float32), weight.name))
+        onnx.save(model, out / name)
+    return out
+
+
+@pytest.mark.parametrize("engine", ["image_svfr", "text_gmc"])
+def test_a_request_the_engines_cannot_score_is_refused_not_answered_with_nan(engine, engines, tmp_path):
+    """Engines whose outputs are not finite (here a weight set to NaN): the entry answers INVALID_ARGUMENT naming
+    the image or the labels, never OK with NaN scores, caches nothing, and keeps serving."""
+    repo = build_repository(poisoned_engines(engines, tmp_path / "engines", engine), "python", tmp_path / "repo")
+    expected = {"image_svfr": "image 0 cannot be scored: the image engine gives non-finite scores for it",
+                "text_gmc": "labels: the text engine cannot encode label 0"}[engine]
+    with TritonServer(repo) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        for _ in range(2):  # the second time too: a failed vocabulary is not cached
+            with pytest.raises(InferenceServerException, match=re.escape(expected)) as raised:
+                client.infer("sigrl", entry_inputs([png_bytes(64, 64, 4)], ["red", "blue"]))
+            assert_client_error(raised.value)
+        assert client.is_server_ready() and client.is_model_ready("sigrl")
+        client.close()
 
 
 # ------------------------------------------------------------------------------ cache and batching
@@ -356,23 +394,26 @@ def encoded(image: Image.Image, format: str = "PNG", **options) -> bytes:
 
 
 @functools.cache
-def _oversized() -> tuple[bytes, bytes, bytes]:
-    """A TIFF, a 6000×5000 PNG (30 MP: over the per-image cap) and a 5000×4000 PNG (20 MP), all small in bytes."""
+def _oversized() -> tuple[bytes, bytes, bytes, bytes]:
+    """A TIFF, a 6000×5000 PNG (30 MP: over the per-image cap), a 5000×4000 PNG (20 MP) and a 4000×1 PNG (a few
+    bytes whose resize would make 73 × 292,000 pixels), all small in bytes."""
     return (encoded(Image.new("RGB", (8, 8)), "TIFF"), encoded(Image.new("L", (6000, 5000))),
-            encoded(Image.new("L", (5000, 4000))))
+            encoded(Image.new("L", (5000, 4000))), encoded(Image.new("RGB", (4000, 1))))
 
 
 def _bad_requests(good: bytes) -> dict[str, tuple[list[grpcclient.InferInput], str]]:
     """Requests that must fail (INVALID_ARGUMENT), each with the message its error must contain."""
-    tiff, huge, large = _oversized()
+    tiff, huge, large, elongated = _oversized()
     varying = bytes_tensor("labels", [[b"a", b"b"], [b"a", b"c"]])
     return {
         "corrupt image": (entry_inputs([b"\x89PNG but not really"], ["a"]), "image 0 is not in a format this server"),
         "missing image": ([bytes_tensor("labels", [[b"a"]])], "the required input 'image' is missing"),
         "unsupported format": (entry_inputs([tiff], ["a"]), "image 0 is not in a format this server reads"),
         "too many pixels": (entry_inputs([huge], ["a"]), "image 0 is 6000x5000 pixels, over the limit of 25000000"),
-        "too many pixels per request": (entry_inputs([large, large, large], ["a"]),
-                                        "have 60000000 pixels in all, over the limit of 50000000"),
+        "too many pixels per request": (entry_inputs([large, large], ["a"]),
+                                        "have 40000000 pixels in all, over the limit of 25000000"),
+        "elongated image": (entry_inputs([good, elongated], ["a"]),
+                            "image 1 is 4000x1 pixels: resizing its shorter side to 73 would make 21316000 pixels"),
         "request bytes": (entry_inputs([b"x" * (MAX_IMAGE_BYTES - 1)] * 3, ["a"]),
                           f"{3 * (MAX_IMAGE_BYTES - 1)} bytes in all, over the limit of {MAX_REQUEST_BYTES}"),
         "label characters": (entry_inputs([good], ["a", "q" * 100_000]), "label 1 is over the limit of 200 char"),
@@ -483,10 +524,15 @@ def test_bad_requests_do_not_fail_good_ones_batched_with_them(client):
                         ("label_emb", np.full((3, 64), np.inf, np.float32), "FP32"),
                         ("graph_emb", np.zeros((3, 64), np.float32), "FP32")],
          "image_svfr: input 'label_emb' holds NaN or infinite values"),
+        # finite inputs the engine cannot compute with: the products overflow float32
+        ("image_svfr", [("images", np.full((2, 3, 64, 64), 3e38, np.float32), "FP32"),
+                        ("label_emb", np.ones((3, 64), np.float32), "FP32"),
+                        ("graph_emb", np.ones((3, 64), np.float32), "FP32")],
+         r"image_svfr: these inputs give non-finite 'scores' \(rows \[0, 1\]\): the engine cannot compute with them"),
     ],
     ids=["text-dtype", "text-rank", "text-length", "image-dtype", "image-size", "image-class-mismatch",
          "image-batch", "token-beyond-vocabulary", "token-negative", "token-row-not-a-prompt", "image-nan",
-         "embedding-inf"],
+         "embedding-inf", "image-overflow"],
 )
 def test_engine_models_reject_wrong_dtype_shape_and_values(client, model, inputs, message):
     with pytest.raises(InferenceServerException, match=message) as raised:
@@ -578,6 +624,27 @@ def test_tag_folder_batches_to_the_server_limit_and_names_each_bad_file(server, 
     errors = captured.err.splitlines()
     assert len(errors) == 3 and errors[-1] == "sigrl tag: error: 2 of 33 images could not be tagged (see above)"
     assert all(line.startswith("sigrl tag: error: ") for line in errors)
+
+
+def test_tag_refuses_a_label_list_once_before_sending_any_image(server, tmp_path, capsys):
+    """Labels the server would refuse (one prompt after its normalisation) on a folder of 40 images: one error
+    line naming --labels, exit 2, and not one inference request sent."""
+    from sigrl.cli import main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"{i:02d}.png").write_bytes(png_bytes(32, 32, 300 + i))
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        before = settled_stats(client, "sigrl")
+        for labels, reason in [("Cat,cat", "labels 0 ('Cat') and 1 ('cat') are the same prompt"),
+                               ("cat," + "dog " * 45, "label 1 has 45 tokens, over the limit of 40 tokens"),
+                               ("ok,<end_of_text>", "label 1 contains a special token")]:
+            assert main(["tag", str(folder), "--url", server.grpc_url, "--labels", labels]) == 2
+            captured = capsys.readouterr()
+            assert captured.out == "" and captured.err.count("\n") == 1, captured.err
+            assert captured.err.startswith("sigrl tag: error: --labels: ") and reason in captured.err
+        assert settled_stats(client, "sigrl") == before
 
 
 def test_served_engines_pass_the_parity_check_against_in_process_onnxruntime(server, ort_runtime, vocabulary,

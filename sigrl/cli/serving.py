@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,16 +18,17 @@ if TYPE_CHECKING:
 
 
 def cmd_triton_repo(args: argparse.Namespace) -> int:
-    from sigrl.serving.backend import EntryLimits
-    from sigrl.serving.repository import build_repository
+    from sigrl.serving.protocol import EntryLimits
+    from sigrl.serving.repository import Instances, build_repository
 
     caps = {name: getattr(args, name) for name in EntryLimits.__dataclass_fields__ if getattr(args, name) is not None}
+    instances = Instances(entry=args.entry_instances, engines=args.engine_instances, gpus=tuple(args.gpus))
     repo = build_repository(Path(args.engines), args.runtime, Path(args.out), max_batch=args.max_batch,
                             queue_delay_us=args.queue_delay_us, overwrite=args.overwrite,
                             plans=[Path(p) for p in args.plans], ort_tensorrt=args.ort_tensorrt,
                             ort_tensorrt_cache=args.ort_tensorrt_cache, entry_engines=args.entry_engines,
                             thresholds=read_thresholds_file(args.thresholds) if args.thresholds else None,
-                            threads=args.threads, **caps)
+                            threads=args.threads, instances=instances, **caps)
     print(f"Triton model repository ({args.runtime} runtime) written to {repo}")
     return 0
 
@@ -51,9 +53,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     admin_key = None
     if args.admin_key_file:
         try:
-            admin_key = Path(args.admin_key_file).read_text().strip()
+            admin_key = read_admin_key(Path(args.admin_key_file))
         except OSError as err:
             return _serve_error(f"--admin-key-file {args.admin_key_file}: {err.strerror}")
+        except ValueError as err:
+            return _serve_error(f"--admin-key-file {args.admin_key_file}: {err}")
     if not is_loopback(args.host):
         print(f"sigrl serve: warning: listening on {args.host}: inference and metrics are open to every client that "
               "can reach it (the admin APIs stay restricted); put TLS and authentication in front", file=sys.stderr)
@@ -61,7 +65,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server = TritonServer(repo, grpc_port=args.grpc_port, http_port=args.http_port, host=args.host,
                           metrics_port=args.metrics_port, admin_key=admin_key,
-                          log_file=Path(args.log_file) if args.log_file else None)
+                          log_file=Path(args.log_file) if args.log_file else None, private_shm=not args.shared_shm)
+    if args.shared_shm:
+        print("sigrl serve: warning: --shared-shm: the python stubs' shared memory (every request and response) is "
+              "in the host's /dev/shm, where another local user can open it while Triton creates it",
+              file=sys.stderr)
     try:
         server.start()
     except PortInUseError as err:
@@ -74,7 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 130
     try:
         print(f"Triton ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}, "
-              f"log {server.log_path} (Ctrl-C stops it)", flush=True)
+              f"log {server.log_path}, work folder {server.workdir} (Ctrl-C stops it)", flush=True)
         while not stop.wait(1.0):
             if server.is_healthy():
                 continue
@@ -96,6 +104,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("stopping Triton ...", flush=True)
         server.stop()
     return 0
+
+
+def read_admin_key(path: Path) -> str:
+    """The operator's key from ``path``, which must be private to its owner (as ssh requires of private keys):
+    ValueError when others may read it or it is not a valid key."""
+    mode = path.stat().st_mode
+    if mode & 0o077:
+        raise ValueError(f"the key file is readable or writable by other users (mode {mode & 0o777:o}): "
+                         f"chmod 600 {path}")
+    key = path.read_text().strip()
+    if not re.fullmatch(r"[\x21-\x7e]{16,}", key):
+        raise ValueError("the key must be at least 16 printable ASCII characters without spaces")
+    return key
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -190,10 +211,15 @@ def cmd_tag(args: argparse.Namespace) -> int:
     labels = _parse_labels(args.labels)
     thresholds = _read_thresholds(args.thresholds, args.threshold)
     paths = image_paths(args.images)
-    client = SigRLClient(args.url, timeout_s=args.timeout)
+    client = SigRLClient(args.url, timeout_s=args.timeout, retries=args.retries)
     failed = 0
     try:
         step = client.max_batch_size()  # also the first call: no server at --url fails here, once
+        if labels is not None:
+            try:
+                labels = client.check_vocabulary(labels)  # once, before any image is sent
+            except UsageError as err:
+                raise UsageError(f"--labels: {err}") from None
         for start in range(0, len(paths), step):  # read and send one server batch at a time
             chunk = paths[start:start + step]
             for tagging in client.tag([str(p) for p in chunk], [_read(p) for p in chunk], labels, args.top_k):
@@ -221,7 +247,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     for flag, meaning in (("max-image-bytes", "encoded bytes per image (default 20 MiB)"),
                           ("max-request-bytes", "encoded image bytes per request (default 32 MiB)"),
                           ("max-image-pixels", "pixels per image, read from its header (default 25M)"),
-                          ("max-request-pixels", "pixels per request (default 50M)"),
+                          ("max-request-pixels", "pixels per request (default 25M)"),
+                          ("max-resized-pixels", "pixels the resize of the shorter side may make of one image, "
+                                                 "before the centre crop (default 4Mi: refuses very elongated "
+                                                 "images, however small their files)"),
                           ("max-labels", "labels per request (default: the engines' class range)"),
                           ("max-label-chars", "characters per label name (default 200)"),
                           ("max-label-tokens", "tokens per label name (default: what fits the prompt context)"),
@@ -231,6 +260,15 @@ def register(commands: argparse._SubParsersAction) -> None:
                       help="how the entry model runs the engines: local, in its own sessions (python runtime only, "
                            "its default: one hop less per request, a second copy of each engine in memory), or bls, "
                            "calling the engine models (default for the GPU runtimes)")
+    repo.add_argument("--entry-instances", type=positive_int, default=1,
+                      help="instances of the entry model, each a python process on the CPU (decoding, tokenizing, "
+                           "and the engines with --entry-engines local); the batcher gives each free instance the "
+                           "requests queued so far (default 1)")
+    repo.add_argument("--engine-instances", type=positive_int, default=1,
+                      help="instances of each engine model: per GPU for the onnxruntime and tensorrt runtimes, "
+                           "CPU processes for the python runtime (default 1)")
+    repo.add_argument("--gpus", type=non_negative_int, nargs="+", default=[], metavar="GPU",
+                      help="GPU runtimes: the devices the engine models run on (default: every GPU Triton sees)")
     repo.add_argument("--threads", type=non_negative_int, default=0,
                       help="python runtime: ONNX Runtime threads per engine session (default 0: one per core)")
     repo.add_argument("--thresholds", metavar="FILE",
@@ -251,17 +289,25 @@ def register(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics at /metrics")
     serve.add_argument("--log-file", help="write Triton's log here (default: a temporary file, kept if Triton dies)")
     serve.add_argument("--admin-key-file",
-                       help="file holding a key (16+ printable characters) that opens the shared-memory, logging, "
-                            "model-repository and trace APIs to requests with header sigrl-admin-key: KEY "
-                            "(default: closed to everyone)")
+                       help="file (mode 600) holding a key (16+ printable characters) that opens the shared-memory, "
+                            "logging, model-repository and trace APIs to requests with header sigrl-admin-key: KEY "
+                            "(default: closed to everyone). Triton gets the key on its command line, which every "
+                            "local user can read unless /proc is mounted with hidepid: see docs/serving.md")
+    serve.add_argument("--shared-shm", action="store_true",
+                       help="leave the python stubs' shared memory in the host's /dev/shm (only where the kernel "
+                            "refuses Triton a private one: another local user can open a region while it is made)")
     serve.set_defaults(func=cmd_serve)
     tag = commands.add_parser("tag", help="tag images over gRPC with labels chosen per request")
     tag.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them")
-    tag.add_argument("--url", default="127.0.0.1:8001", help="gRPC address HOST:PORT")
+    tag.add_argument("--url", default="127.0.0.1:8001",
+                     help="gRPC address HOST:PORT, or dns:///HOST:PORT to spread requests over every address HOST "
+                          "resolves to (a Kubernetes headless Service)")
     tag.add_argument("--labels", help="comma-separated label names (default: the served default vocabulary)")
     tag.add_argument("--top-k", type=positive_int, default=5)
     tag.add_argument("--threshold", type=float, help="only print labels scoring at least this")
     tag.add_argument("--thresholds", help='JSON file {"label": threshold, "*": default} of per-class thresholds')
     tag.add_argument("--json", action="store_true", help="JSON lines: one object per image (errors included)")
     tag.add_argument("--timeout", type=positive_float, default=60.0, help="seconds to wait for each request")
+    tag.add_argument("--retries", type=non_negative_int, default=3,
+                     help="times a request the server did not take (UNAVAILABLE) is retried, with backoff (default 3)")
     tag.set_defaults(func=cmd_tag)

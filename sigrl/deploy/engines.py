@@ -8,14 +8,17 @@ positions, ``B`` images.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Mapping
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import torch
 
-from sigrl.model import SigRLConfig
-from sigrl.tokenizer import CONTEXT_LENGTH, tokenize, trim_token_ids
+from sigrl.bpe import CONTEXT_LENGTH, EOT_TOKEN_ID, SOT_TOKEN_ID
+from sigrl.config import SigRLConfig
+
+if TYPE_CHECKING:  # torch only where an engine is exported: the served models read the specs without it
+    import torch
 
 Shape = tuple[int | str, ...]
 
@@ -59,6 +62,17 @@ class EngineSpec:
         levels = [{axis: r[i] for axis, r in self.axis_ranges.items()} for i in range(3)]
         return {t.name: tuple(t.resolve(dims) for dims in levels) for t in self.inputs}
 
+    def warmup_inputs(self) -> dict[str, np.ndarray]:
+        """Inputs at the smallest shapes of the profile that every runtime accepts: zeros for floats, and token
+        ids of empty prompts (start and end token, then padding) for the int32 input (zeros would be refused)."""
+        feeds = {}
+        for tensor in self.inputs:
+            array = np.zeros(self.profile()[tensor.name][0], dtype=tensor.dtype)
+            if tensor.dtype == "int32":
+                array[:, :2] = SOT_TOKEN_ID, EOT_TOKEN_ID
+            feeds[tensor.name] = array
+        return feeds
+
     def check_inputs(self, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
         """Raise ValueError naming the input whose name, dtype or shape is wrong; return the axis sizes."""
         missing = [n for n in self.input_names if n not in feeds]
@@ -88,6 +102,10 @@ class EngineSpec:
                                      f"got {list(array.shape)} (axis {axis})")
         return dims
 
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        """Inputs to trace the export with."""
+        raise NotImplementedError
+
     def export_dynamic_shapes(self) -> dict[str, dict[int, object]]:
         """``dynamic_shapes`` for torch.export: every named axis is dynamic.
 
@@ -95,6 +113,8 @@ class EngineSpec:
         two chunks and a C that is not a multiple of the chunk size for the *traced* program, a
         constraint the ONNX graph does not have (the tests run C = 1 and exact multiples).
         """
+        import torch
+
         return {t.name: {axis: torch.export.Dim.DYNAMIC for axis in t.dynamic_axes()} for t in self.inputs}
 
 
@@ -103,18 +123,23 @@ class TextGMCEngine(EngineSpec):
 
     name = "text_gmc"
     file_name = "text_gmc.onnx"
+    TOKEN_IDS, LABEL_EMB, GRAPH_EMB = "token_ids", "label_emb", "graph_emb"
 
     def __init__(self, config: SigRLConfig, max_classes: int = 1024, opt_classes: int = 81) -> None:
         dim = config.embed_dim
         super().__init__(
-            inputs=(TensorSpec("token_ids", "int32", ("C", "L")),),
-            outputs=(TensorSpec("label_emb", "float32", ("C", dim)), TensorSpec("graph_emb", "float32", ("C", dim))),
+            inputs=(TensorSpec(self.TOKEN_IDS, "int32", ("C", "L")),),
+            outputs=(TensorSpec(self.LABEL_EMB, "float32", ("C", dim)), TensorSpec(self.GRAPH_EMB, "float32", ("C", dim))),
             axis_ranges={"C": (1, opt_classes, max_classes), "L": (2, 16, CONTEXT_LENGTH)},
         )
         self.example_classes = 2 * config.gmc_node_chunk + 3  # > 2 chunks, not a multiple (see graphs.py)
 
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
         """Token ids to trace the export with (the prompt length is the longest of these names)."""
+        import torch
+
+        from sigrl.tokenizer import tokenize, trim_token_ids
+
         ids = trim_token_ids(tokenize([f"example label {i}" for i in range(self.example_classes)]))
         return (ids.to(torch.int32).contiguous(),)
 
@@ -124,14 +149,15 @@ class ImageSVFREngine(EngineSpec):
 
     name = "image_svfr"
     file_name = "image_svfr.onnx"
+    IMAGES, LABEL_EMB, GRAPH_EMB, SCORES = "images", TextGMCEngine.LABEL_EMB, TextGMCEngine.GRAPH_EMB, "scores"
 
     def __init__(self, config: SigRLConfig, max_batch: int = 32, opt_batch: int = 8, max_classes: int = 1024,
                  opt_classes: int = 81) -> None:
         size, dim = config.vision_cfg["image_size"], config.embed_dim
         super().__init__(
-            inputs=(TensorSpec("images", "float32", ("B", 3, size, size)),
-                    TensorSpec("label_emb", "float32", ("C", dim)), TensorSpec("graph_emb", "float32", ("C", dim))),
-            outputs=(TensorSpec("scores", "float32", ("B", "C")),),
+            inputs=(TensorSpec(self.IMAGES, "float32", ("B", 3, size, size)),
+                    TensorSpec(self.LABEL_EMB, "float32", ("C", dim)), TensorSpec(self.GRAPH_EMB, "float32", ("C", dim))),
+            outputs=(TensorSpec(self.SCORES, "float32", ("B", "C")),),
             axis_ranges={"B": (1, opt_batch, max_batch), "C": (1, opt_classes, max_classes)},
         )
         self.example_classes = 2 * config.class_chunk + 3
@@ -139,6 +165,8 @@ class ImageSVFREngine(EngineSpec):
 
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
         """Two images and random embeddings: tracing needs B ≥ 2 and C above two chunks."""
+        import torch
+
         generator = torch.Generator().manual_seed(0)
         shape = (self.example_classes, self.dim)
         return (torch.randn(2, 3, self.image_size, self.image_size, generator=generator),

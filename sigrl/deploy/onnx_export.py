@@ -30,6 +30,7 @@ from sigrl.deploy.onnx_passes import close_scan_bodies, per_image_loop, quantize
 from sigrl.deploy.tolerances import TOLERANCES
 from sigrl.model import SigRL
 from sigrl.precision import FLOAT_DTYPES, cast_model, check_precision
+from sigrl.preprocess import EvalTransform
 
 OPSET = 18
 BF16_OPSET = 22  # opset 18 has no bf16 Conv or Elu; opset 22 gave most operators bf16 (TensorRT 10.x reads 9-24)
@@ -58,10 +59,7 @@ def engine_metadata(model: SigRL, spec: EngineSpec, checkpoint_sha256: str | Non
     (they differ for int8, whose text engine stays fp32).
     """
     config = model.config
-    size = config.vision_cfg["image_size"]
-    preprocess = {"image_size": size, "resize_shorter_side": round(size * 256 / 224), "center_crop": size,
-                  "interpolation": "bicubic", "mean": list(config.image_mean), "std": list(config.image_std),
-                  "layout": "NCHW", "color": "RGB", "scale": "1/255"}
+    preprocess = EvalTransform(config.vision_cfg["image_size"], config.image_mean, config.image_std).describe()
     values = {
         "engine": spec.name, "config_name": model.config_name or "", "config": json.dumps(config.to_dict()),
         "prompt_template": model.prompt_template, "preprocess": json.dumps(preprocess),

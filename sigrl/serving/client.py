@@ -1,18 +1,27 @@
 """gRPC client of a served SigRL repository (``tritonclient``), without torch: it starts in a fraction of a second.
 
 :class:`SigRLClient` talks to the public ``sigrl`` entry model: encoded image bytes and label names in,
-scores and top labels out. :meth:`SigRLClient.tag` tags any number of named images: it sends them in
-requests of at most the entry model's ``max_batch_size`` and gives every image its own result or its
-own error, so one unreadable image does not cost the others their answer. Server problems become
-plain Python errors: no server at the address is a :class:`ConnectionError`, a refused request a
-:class:`RequestRejected` (a ``ValueError``), a timeout a :class:`TimeoutError`.
+scores and top labels out. :meth:`SigRLClient.tag` tags any number of named images: it checks the label
+list once against the served limits and tokenizer (as the server would), then sends the images in requests
+of at most the entry model's ``max_batch_size`` and gives every image its own result or its own error, so
+one unreadable image does not cost the others their answer. Server problems become plain Python errors:
+no server at the address is a :class:`ConnectionError`, a refused request a :class:`RequestRejected` (a
+``ValueError``), a timeout a :class:`TimeoutError`, an API the server keeps restricted a
+:class:`PermissionError`.
+
+At scale: one client keeps one gRPC channel (reuse it across requests), retries a call the server did not
+take (UNAVAILABLE: a replica restarting or draining) with exponential backoff, holds every call to a
+deadline, and with a ``dns:///HOST:PORT`` address spreads calls over every address the name resolves to
+(gRPC's round-robin policy: a Kubernetes headless Service lists each replica).
 The engine models themselves are called by :class:`sigrl.serving.triton_runtime.TritonRuntime`.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -25,12 +34,15 @@ from sigrl.serving.protocol import (
     INPUT_IMAGE,
     INPUT_LABELS,
     INPUT_TOP_K,
+    LABELS_ERROR,
     OUTPUT_SCORES,
     OUTPUT_TAGS,
     OUTPUT_TOP_LABELS,
     OUTPUT_TOP_SCORES,
     PARAM_DEFAULT_VOCABULARY,
-    PARAM_MAX_LABELS,
+    PARAM_PROMPT_TEMPLATE,
+    EntryLimits,
+    LabelError,
 )
 
 T = TypeVar("T")
@@ -66,6 +78,9 @@ def translate_errors(url: str, call: Callable[[], T]) -> T:
         return call()
     except InferenceServerException as err:
         status, message = str(err.status() or ""), str(err.message() or err).strip()
+        if "restricted" in message:  # Triton answers a restricted API with UNAVAILABLE, which is no outage
+            raise PermissionError(f"the Triton server at {url} keeps this API restricted ({message}); it opens only "
+                                  "to requests carrying the operator's key") from err
         if "UNAVAILABLE" in status:
             raise ConnectionError(f"no Triton server at {url}: start one with `sigrl serve --repo REPO` "
                                   "or pass the server's gRPC address with --url") from err
@@ -114,16 +129,45 @@ def _about(name: str, message: str) -> str:
     return named if count else f"{name}: {message}"
 
 
-class SigRLClient:
-    """Client of the ``sigrl`` entry model: tag images against a vocabulary chosen per request."""
+def channel_args(url: str) -> list[tuple[str, object]]:
+    """gRPC channel options: tritonclient's own defaults (message sizes, keepalive), plus round-robin over every
+    address a ``dns:///`` target resolves to (a channel otherwise sticks to the one replica it connected to)."""
+    grpc = grpc_module()
+    keepalive = grpc.KeepAliveOptions()
+    args: list[tuple[str, object]] = [
+        ("grpc.max_send_message_length", grpc.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", grpc.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data)]
+    if url.startswith("dns:///"):
+        args.append(("grpc.lb_policy_name", "round_robin"))
+    return args
 
-    def __init__(self, url: str = "127.0.0.1:8001", timeout_s: float | None = 60.0) -> None:
-        self.url, self.timeout_s = url, timeout_s
-        self.client = grpc_module().InferenceServerClient(url)
+
+class SigRLClient:
+    """Client of the ``sigrl`` entry model: tag images against a vocabulary chosen per request.
+
+    ``timeout_s`` is every call's deadline; a call answered UNAVAILABLE is retried ``retries`` times, after
+    ``backoff_s``, twice that, and so on (with jitter), before :class:`ConnectionError` is raised.
+    """
+
+    def __init__(self, url: str = "127.0.0.1:8001", timeout_s: float | None = 60.0, retries: int = 3,
+                 backoff_s: float = 0.2) -> None:
+        self.url, self.timeout_s, self.retries, self.backoff_s = url, timeout_s, retries, backoff_s
+        self.client = grpc_module().InferenceServerClient(url, channel_args=channel_args(url))
         self._config: dict[str, Any] | None = None
 
     def _call(self, call: Callable[[], T]) -> T:
-        return translate_errors(self.url, call)
+        for attempt in range(self.retries + 1):
+            try:
+                return translate_errors(self.url, call)
+            except ConnectionError:
+                if attempt == self.retries:
+                    raise
+                time.sleep(self.backoff_s * 2**attempt * random.uniform(0.5, 1.0))
+        raise AssertionError("unreachable")
 
     def is_ready(self) -> bool:
         return self._call(lambda: self.client.is_server_ready() and self.client.is_model_ready(ENTRY_MODEL))
@@ -138,6 +182,11 @@ class SigRLClient:
     def _parameter(self, key: str) -> str | None:
         return self.config().get("parameters", {}).get(key, {}).get("string_value")
 
+    def limits(self) -> EntryLimits:
+        """What the entry model accepts, as its config publishes it."""
+        parameters = {key: value["string_value"] for key, value in self.config().get("parameters", {}).items()}
+        return EntryLimits.from_parameters(parameters)
+
     def max_batch_size(self) -> int:
         """Images per request the entry model accepts (its ``max_batch_size``)."""
         return max(1, int(self.config().get("max_batch_size", 1)))
@@ -145,6 +194,21 @@ class SigRLClient:
     def vocabulary(self) -> list[str]:
         """The default vocabulary: the labels the served model was trained on."""
         return json.loads(self._parameter(PARAM_DEFAULT_VOCABULARY) or "[]")
+
+    def check_vocabulary(self, labels: Sequence[str]) -> list[str]:
+        """``labels`` as the server will accept them, checked here as the entry model checks them (its limits,
+        its prompt template, the same tokenizer): UsageError naming the first problem, before any image is sent."""
+        names = check_labels(labels)
+        template = self._parameter(PARAM_PROMPT_TEMPLATE)
+        if template is None:  # a repository of an older sigrl: the server checks the rest
+            return names
+        from sigrl.bpe import clip_bpe  # the tokenizer's vocabulary is read only when labels are checked
+        from sigrl.serving.vocabulary import check_vocabulary
+
+        try:
+            return list(check_vocabulary(names, self.limits(), template, clip_bpe()))
+        except LabelError as err:
+            raise UsageError(f"{str(err).removeprefix(LABELS_ERROR)} (the server at {self.url} would refuse it)") from None
 
     def infer(self, images: list[bytes], labels: list[str] | None = None,
               top_k: int = 5) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:
@@ -178,20 +242,25 @@ class SigRLClient:
         """One :class:`Tagging` per named image, in order, each with its scores or its own error.
 
         ``images`` holds encoded bytes, or the exception met reading that file (reported as its error).
-        Images go in requests of at most :meth:`max_batch_size`; a request the server refuses is retried
-        image by image, so only the images at fault get an error. Label problems fail the whole call.
+        The label list is checked first (:meth:`check_vocabulary`): a refused list fails the whole call before
+        any image is sent. Images go in requests of at most :meth:`max_batch_size`; a request the server
+        refuses for an image is retried image by image, so only the images at fault get an error.
         """
-        vocabulary = check_labels(labels) if labels is not None else self.vocabulary()
-        max_labels = self._parameter(PARAM_MAX_LABELS)
-        if labels is not None and max_labels is not None and len(vocabulary) > int(max_labels):
-            raise UsageError(f"{len(vocabulary)} labels, more than the {max_labels} the server at {self.url} accepts")
+        vocabulary = self.check_vocabulary(labels) if labels is not None else self.vocabulary()
         send = vocabulary if labels is not None else None
         results: list[Tagging | None] = [
             Tagging(name, error=f"{name}: {data}") if isinstance(data, BaseException) else None
             for name, data in zip(names, images)]
 
         def answer(indices: list[int]) -> None:
-            scores, tops, tags = self._infer([images[i] for i in indices], send, top_k)  # type: ignore[arg-type]
+            batch = [images[i] for i in indices]
+            try:
+                scores, tops, tags = self._infer(batch, send, top_k)  # type: ignore[arg-type]
+            except RequestRejected as err:
+                if str(err).startswith(LABELS_ERROR):  # the label list, not an image: no point in retrying
+                    raise UsageError(f"the server at {self.url} refused the label list: "
+                                     f"{str(err).removeprefix(LABELS_ERROR)}") from None
+                raise
             for position, (index, row, top) in enumerate(zip(indices, scores, tops)):
                 results[index] = Tagging(names[index], {label: float(s) for label, s in zip(vocabulary, row)}, top,
                                          tags=None if tags is None else tags[position])

@@ -2,7 +2,7 @@
 
 A served ``sigrl`` request is: decode + evaluation transform, then the image engine against a cached
 vocabulary. :class:`InProcessTagger` does exactly that with ONNX Runtime in this process, so the two
-differ only by what serving adds (gRPC, Triton's scheduler, the BLS call to the image engine).
+differ only by what serving adds (gRPC, Triton's scheduler, the python backend's hop to the entry model's stub).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from PIL import Image
 
 from sigrl.deploy.onnx_export import read_metadata
 from sigrl.deploy.runtimes import OnnxRuntime
-from sigrl.serving.backend import ImagePreprocessor
+from sigrl.serving.images import ImagePreprocessor
 from sigrl.tokenizer import tokenize
 
 

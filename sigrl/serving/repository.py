@@ -25,34 +25,48 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from google.protobuf import text_encoding, text_format
 
+from sigrl.bpe import EOT_TOKEN_ID, SOT_TOKEN_ID, VOCAB_FILE, clip_bpe, default_vocab_file
 from sigrl.deploy.engines import EngineSpec, engine_specs
 from sigrl.deploy.onnx_export import read_metadata
 from sigrl.deploy.runtimes import engine_config, engine_precisions
-from sigrl.serving.protocol import ENTRY_MODEL, OUTPUT_TAGS, PARAM_DEFAULT_VOCABULARY
-from sigrl.thresholds import Thresholds
 from sigrl.deploy.tensorrt import BuildRecord, load_plans
-from sigrl.serving.backend import (
+from sigrl.preprocess import EvalTransform
+from sigrl.serving.backend import ImageSVFRModel, SigRLModel, TextGMCModel
+from sigrl.serving.protocol import (
+    ENTRY_MODEL,
+    INPUT_IMAGE,
+    INPUT_LABELS,
+    INPUT_TOP_K,
+    OUTPUT_SCORES,
+    OUTPUT_TAGS,
+    OUTPUT_TOP_LABELS,
+    OUTPUT_TOP_SCORES,
     PARAM_CACHE_SIZE,
+    PARAM_DEFAULT_VOCABULARY,
+    PARAM_PRECISION,
     PARAM_PREPROCESS,
+    PARAM_PROMPT_TEMPLATE,
     PARAM_THREADS,
     PARAM_TOKENIZER_CACHE_SIZE,
+    SETTING_BPE_VOCAB,
+    SETTING_CONFIG,
+    SETTING_ENGINE_FILE,
     SETTING_LOCAL_ENGINES,
+    SETTING_PROMPT_TEMPLATE,
     SETTING_THRESHOLDS,
+    SETTING_VOCABULARY,
     SETTINGS_FILE,
     EntryLimits,
-    ImageSVFRModel,
-    SigRLModel,
-    TextGMCModel,
-    max_label_tokens,
 )
-from sigrl.tokenizer import _clip_tokenizer
+from sigrl.serving.vocabulary import max_label_tokens
+from sigrl.thresholds import Thresholds
 
 Runtime = Literal["python", "onnxruntime", "tensorrt"]
 RUNTIMES: tuple[Runtime, ...] = ("python", "onnxruntime", "tensorrt")
@@ -96,27 +110,46 @@ def _parameters(values: Mapping[str, Any]) -> str:
                      for key, value in values.items())
 
 
-def _instance_group(kind: str) -> str:
-    return f"instance_group [ {{ count: 1 kind: {kind} }} ]"
+@dataclass(frozen=True)
+class Instances:
+    """How many copies of each model Triton runs, and where (``instance_group``).
+
+    ``entry``: instances of the entry model, each its own python stub process on the CPU (decoding, tokenizing
+    and, with local engines, the engines); the dynamic batcher hands each free instance the requests queued so
+    far, so more instances mean several batches at once. ``engines``: instances of each engine model, per GPU
+    for the GPU runtimes (on the GPUs in ``gpus``, all visible ones when empty), CPU stubs for the python runtime.
+    """
+
+    entry: int = 1
+    engines: int = 1
+    gpus: tuple[int, ...] = ()
+
+    def check(self, runtime: Runtime) -> None:
+        """ValueError naming the setting that does not fit ``runtime``."""
+        _check_range("entry instances", self.entry, 1)
+        _check_range("engine instances", self.engines, 1)
+        if self.gpus and runtime == "python":
+            raise ValueError("GPUs (--gpus) are for the onnxruntime and tensorrt runtimes; the python runtime runs "
+                             "on the CPU")
+        if any(gpu < 0 for gpu in self.gpus) or len(set(self.gpus)) != len(self.gpus):
+            raise ValueError(f"GPUs must be distinct device numbers >= 0, got {list(self.gpus)}")
+
+
+def _instance_group(count: int, kind: str, gpus: Sequence[int] = ()) -> str:
+    placement = f" gpus: [ {', '.join(map(str, gpus))} ]" if gpus else ""
+    return f"instance_group [ {{ count: {count} kind: {kind}{placement} }} ]"
 
 
 def warmup_files(spec: EngineSpec) -> dict[str, bytes]:
-    """The warm-up data files of an engine model (``<model>/warmup/<input>``): token ids of empty prompts
-    (start and end token, then padding), the only int32 input; any other id would be refused."""
-    tokenizer = _clip_tokenizer()
-    files = {}
-    for tensor in spec.inputs:
-        if tensor.dtype == "int32":
-            count, length = spec.profile()[tensor.name][0]
-            ids = np.zeros((count, length), np.int32)
-            ids[:, :2] = tokenizer.sot_token_id, tokenizer.eot_token_id
-            files[tensor.name] = ids.astype("<i4").tobytes()
-    return files
+    """The warm-up data files of an engine model (``<model>/warmup/<input>``): its int32 input (token ids of empty
+    prompts, :meth:`~sigrl.deploy.engines.EngineSpec.warmup_inputs`); floats are zeros in the config."""
+    return {name: array.astype("<i4").tobytes() for name, array in spec.warmup_inputs().items()
+            if array.dtype == np.int32}
 
 
 def _warmup(spec: EngineSpec) -> str:
     """One warm-up request at the engine's smallest shapes: valid token ids from :func:`warmup_files`,
-    zeros for floats (Triton's random data can hold NaN, which the engine models refuse)."""
+    zeros for floats (Triton's random data can hold NaN)."""
     inputs = []
     files = warmup_files(spec)
     for tensor in spec.inputs:
@@ -128,36 +161,47 @@ def _warmup(spec: EngineSpec) -> str:
     return "model_warmup [ {\n" + body + "\n} ]"
 
 
-def engine_model_config(spec: EngineSpec, runtime: Runtime, extra: Sequence[str] = ()) -> str:
+def engine_model_config(spec: EngineSpec, runtime: Runtime, extra: Sequence[str] = (),
+                        instances: Instances = Instances()) -> str:
     """``config.pbtxt`` of an engine model: its interface, written once in the engine spec, plus ``extra``
-    runtime-specific lines (TensorRT plans per compute capability, ONNX Runtime's TensorRT accelerator)."""
+    runtime-specific lines (TensorRT plans per compute capability, ONNX Runtime's TensorRT accelerator).
+
+    Triton warms up the GPU runtimes' engines at their smallest shapes. The python runtime's engine models warm
+    themselves up in ``initialize`` instead: Triton 2.51 crashes (SIGSEGV) when a python model answers a
+    warm-up request with an error, which a served engine does for outputs that are not finite."""
     tensors = {kind: [_tensor(t.name, _TRITON_TYPES[t.dtype], t.shape) for t in group]
                for kind, group in (("input", spec.inputs), ("output", spec.outputs))}
+    if runtime == "python":
+        placement = [_instance_group(instances.engines, "KIND_CPU")]
+    else:
+        placement = [_instance_group(instances.engines, "KIND_GPU", instances.gpus), _warmup(spec)]
     return "\n".join([
         f'name: "{spec.name}"', _ENGINE_BACKENDS[runtime], "max_batch_size: 0",
-        _tensor_list("input", tensors["input"]), _tensor_list("output", tensors["output"]),
-        _instance_group("KIND_CPU" if runtime == "python" else "KIND_GPU"), _warmup(spec), *extra,
+        _tensor_list("input", tensors["input"]), _tensor_list("output", tensors["output"]), *placement, *extra,
     ]) + "\n"
 
 
 def entry_model_config(max_batch: int, limits: EntryLimits, cache_size: int, tokenizer_cache_size: int,
-                       preprocess: Mapping[str, Any], default_vocabulary: Sequence[str] = (),
-                       queue_delay_us: int = ENTRY_QUEUE_DELAY_US, tags: bool = False, threads: int = 0) -> str:
+                       preprocess: Mapping[str, Any], prompt_template: str, default_vocabulary: Sequence[str] = (),
+                       queue_delay_us: int = ENTRY_QUEUE_DELAY_US, tags: bool = False, threads: int = 0,
+                       instances: int = 1) -> str:
     """``config.pbtxt`` of ``sigrl``: per batch item one image, its label names (ragged) and top_k; ``tags``
     adds the output of the labels at or above the served thresholds."""
-    inputs = [_tensor("image", "TYPE_STRING", [1]),
-              _tensor("labels", "TYPE_STRING", [-1], "optional", "allow_ragged_batch"),
-              _tensor("top_k", "TYPE_INT32", [1], "optional")]
-    outputs = [_tensor("scores", "TYPE_FP32", [-1]), _tensor("top_labels", "TYPE_STRING", [-1]),
-               _tensor("top_scores", "TYPE_FP32", [-1])]
+    inputs = [_tensor(INPUT_IMAGE, "TYPE_STRING", [1]),
+              _tensor(INPUT_LABELS, "TYPE_STRING", [-1], "optional", "allow_ragged_batch"),
+              _tensor(INPUT_TOP_K, "TYPE_INT32", [1], "optional")]
+    outputs = [_tensor(OUTPUT_SCORES, "TYPE_FP32", [-1]), _tensor(OUTPUT_TOP_LABELS, "TYPE_STRING", [-1]),
+               _tensor(OUTPUT_TOP_SCORES, "TYPE_FP32", [-1])]
     if tags:
         outputs.append(_tensor(OUTPUT_TAGS, "TYPE_STRING", [-1]))
     return "\n".join([
         f'name: "{ENTRY_MODEL}"', 'backend: "python"', f"max_batch_size: {max_batch}",
         _tensor_list("input", inputs), _tensor_list("output", outputs),
-        f"dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}", _instance_group("KIND_CPU"),
-        _parameters({**asdict(limits), PARAM_CACHE_SIZE: cache_size, PARAM_TOKENIZER_CACHE_SIZE: tokenizer_cache_size,
-                     PARAM_PREPROCESS: json.dumps(dict(preprocess)), PARAM_THREADS: threads,
+        f"dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}",
+        _instance_group(instances, "KIND_CPU"),
+        _parameters({**limits.to_parameters(), PARAM_CACHE_SIZE: cache_size,
+                     PARAM_TOKENIZER_CACHE_SIZE: tokenizer_cache_size, PARAM_PREPROCESS: json.dumps(dict(preprocess)),
+                     PARAM_THREADS: threads, PARAM_PROMPT_TEMPLATE: prompt_template,
                      PARAM_DEFAULT_VOCABULARY: json.dumps(list(default_vocabulary), ensure_ascii=False)}),
     ]) + "\n"
 
@@ -250,8 +294,8 @@ def ort_tensorrt_accelerator(precision_mode: str, engine_cache: str | None = Non
 def _preprocess_params(metadata: Mapping[str, str], image_size: int) -> dict[str, Any]:
     """The engines' recorded preprocessing, checked to be the evaluation transform the server applies."""
     params = json.loads(metadata["preprocess"])
-    expected = {"image_size": image_size, "resize_shorter_side": round(image_size * 256 / 224),
-                "center_crop": image_size, "interpolation": "bicubic", "color": "RGB", "layout": "NCHW"}
+    expected = {key: value for key, value in EvalTransform(image_size).describe().items()
+                if key not in ("mean", "std", "scale")}  # the server applies the engines' mean and std
     different = {k: params.get(k) for k, v in expected.items() if params.get(k) != v}
     if different:
         raise ValueError(f"the engines record preprocessing {different}, but the server applies {expected}")
@@ -286,17 +330,18 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
                      tokenizer_cache_size: int = 10_000, queue_delay_us: int = ENTRY_QUEUE_DELAY_US,
                      overwrite: bool = False, plans: Sequence[Path] = (), ort_tensorrt: str | None = None,
                      ort_tensorrt_cache: str | None = None, entry_engines: EntryEngines | None = None,
-                     thresholds: Thresholds | None = None, threads: int = 0, **caps: int) -> Path:
+                     thresholds: Thresholds | None = None, threads: int = 0, instances: Instances = Instances(),
+                     **caps: int) -> Path:
     """Write a Triton model repository for the engines in ``engines`` (``sigrl export``) to ``out``.
 
     ``max_batch`` caps the images per batch of ``sigrl`` (at most the image engine's batch range);
-    ``caps`` are the entry model's :class:`~sigrl.serving.backend.EntryLimits` (``max_image_bytes``,
-    ``max_request_bytes``, ``max_image_pixels``, ``max_request_pixels``, ``max_labels`` (default and at
-    most the engines' class range), ``max_label_chars``, ``max_label_tokens`` (default and at most what
-    fits the text encoder's context with the prompt template), ``default_top_k``). ``cache_size``
-    vocabularies stay encoded, ``tokenizer_cache_size`` BPE words stay cached; ``queue_delay_us`` is how
-    long the dynamic batcher may hold a request for others. A non-empty ``out`` is replaced only with
-    ``overwrite``. Returns ``out``.
+    ``caps`` are the entry model's :class:`~sigrl.serving.protocol.EntryLimits` (``max_image_bytes``,
+    ``max_request_bytes``, ``max_image_pixels``, ``max_request_pixels``, ``max_resized_pixels``,
+    ``max_labels`` (default and at most the engines' class range), ``max_label_chars``, ``max_label_tokens``
+    (default and at most what fits the text encoder's context with the prompt template), ``default_top_k``).
+    ``cache_size`` vocabularies stay encoded, ``tokenizer_cache_size`` BPE words stay cached;
+    ``queue_delay_us`` is how long the dynamic batcher may hold a request for others. A non-empty ``out`` is
+    replaced only with ``overwrite``. Returns ``out``.
     ``plans``: folders of ``sigrl build-engines`` for the tensorrt runtime (default ``engines``), one per
     compute capability; ``ort_tensorrt``: a precision_mode that turns on ONNX Runtime's TensorRT
     accelerator for the onnxruntime runtime, with its engine cache in ``ort_tensorrt_cache``.
@@ -305,7 +350,8 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
     engine in memory), or ``bls``, calling the engine models (default for the GPU runtimes).
     ``thresholds`` (e.g. ``Thresholds.read`` of ``sigrl calibrate``'s file): the entry model also answers
     ``tags``, each image's labels at or above their thresholds. ``threads``: ONNX Runtime's intra-op
-    threads per engine session of the python runtime (0: its default, one per core).
+    threads per engine session of the python runtime (0: its default, one per core). ``instances``: how
+    many instances of each model Triton runs, and on which GPUs (:class:`Instances`).
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -316,8 +362,10 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
     config = engine_config(engines)
     text_spec, image_spec = specs = engine_specs(config)
     metadata = read_metadata(engines / text_spec.file_name)
+    template, vocabulary = metadata["prompt_template"], json.loads(metadata["vocabulary"])
     class_max, batch_max = text_spec.axis_ranges["C"][2], image_spec.axis_ranges["B"][2]
-    token_max = max_label_tokens(metadata["prompt_template"])
+    bpe_vocab = default_vocab_file()
+    token_max = max_label_tokens(template, clip_bpe(str(bpe_vocab)))
     limits = replace(EntryLimits(max_labels=class_max, max_label_tokens=token_max), **caps)
     _check_range("max_batch", max_batch, 1, batch_max)
     for cap in fields(EntryLimits):
@@ -327,6 +375,7 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
     _check_range("tokenizer_cache_size", tokenizer_cache_size, 0)
     _check_range("queue_delay_us", queue_delay_us, 0)
     _check_range("threads", threads, 0)
+    instances.check(runtime)
     preprocess = _preprocess_params(metadata, image_spec.image_size)
     _check_target(out, overwrite)
     _check_runtime_options(runtime, plans, ort_tensorrt, ort_tensorrt_cache)
@@ -343,20 +392,31 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
         raise ValueError(f"the engines in {engines} are bf16, which ONNX Runtime's CPU provider (the python runtime) "
                          "cannot run: serve them as TensorRT plans (--runtime tensorrt) or with onnxruntime on a GPU")
     for name, precision in precisions.items():  # recorded for operators and clients reading the config
-        extra[name].append(_parameters({"precision": precision, **({PARAM_THREADS: threads} if runtime == "python"
-                                                                    else {})}))
+        extra[name].append(_parameters({PARAM_PRECISION: precision,
+                                        **({PARAM_THREADS: threads} if runtime == "python" else {})}))
+
+    settings: dict[str, dict[str, Any]] = {ENTRY_MODEL: {
+        SETTING_CONFIG: config.to_dict(), SETTING_VOCABULARY: vocabulary, SETTING_PROMPT_TEMPLATE: template,
+        SETTING_BPE_VOCAB: VOCAB_FILE}}
+    if thresholds is not None:
+        settings[ENTRY_MODEL][SETTING_THRESHOLDS] = thresholds.to_json()
+    if entry_engines == "local":
+        settings[ENTRY_MODEL][SETTING_LOCAL_ENGINES] = {spec.name: f"{spec.name}/{VERSION}/{spec.file_name}"
+                                                        for spec in specs}
+    python_models: dict[str, type] = {ENTRY_MODEL: SigRLModel}
+    if runtime == "python":
+        python_models.update(_PYTHON_MODELS)
+        for spec in specs:
+            settings[spec.name] = {SETTING_CONFIG: config.to_dict(), SETTING_ENGINE_FILE: spec.file_name}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
-        configs = {spec.name: engine_model_config(spec, runtime, extra[spec.name]) for spec in specs}
+        configs = {spec.name: engine_model_config(spec, runtime, extra[spec.name], instances) for spec in specs}
         configs[ENTRY_MODEL] = entry_model_config(max_batch, limits, cache_size, tokenizer_cache_size, preprocess,
-                                                  json.loads(metadata["vocabulary"]), queue_delay_us,
-                                                  tags=thresholds is not None, threads=threads)
-        python_models: dict[str, type] = {ENTRY_MODEL: SigRLModel}
-        if runtime == "python":
-            python_models.update(_PYTHON_MODELS)
-        for spec in specs:
+                                                  template, vocabulary, queue_delay_us, tags=thresholds is not None,
+                                                  threads=threads, instances=instances.entry)
+        for spec in specs if runtime != "python" else ():
             (staging / spec.name / "warmup").mkdir(parents=True)
             for file_name, data in warmup_files(spec).items():
                 (staging / spec.name / "warmup" / file_name).write_bytes(data)
@@ -366,15 +426,11 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
             (staging / name / "config.pbtxt").write_text(text)
             if name in python_models:
                 (staging / name / VERSION / "model.py").write_text(_shim(python_models[name]))
+                (staging / name / VERSION / SETTINGS_FILE).write_text(
+                    json.dumps(settings[name], indent=2, ensure_ascii=False), encoding="utf-8")
             for source, target in files.get(name, []):
                 shutil.copyfile(source, staging / name / VERSION / target)
-        settings = {"vocabulary": json.loads(metadata["vocabulary"]), "prompt_template": metadata["prompt_template"]}
-        if thresholds is not None:
-            settings[SETTING_THRESHOLDS] = thresholds.to_json()
-        if entry_engines == "local":
-            settings[SETTING_LOCAL_ENGINES] = {spec.name: f"{spec.name}/{VERSION}/{spec.file_name}" for spec in specs}
-        settings_text = json.dumps(settings, indent=2, ensure_ascii=False)
-        (staging / ENTRY_MODEL / VERSION / SETTINGS_FILE).write_text(settings_text, encoding="utf-8")
+        shutil.copyfile(bpe_vocab, staging / ENTRY_MODEL / VERSION / VOCAB_FILE)  # the served tokenizer's vocabulary
         os.chmod(staging, 0o755)  # mkdtemp made it private
         _move_into_place(staging, out)
     finally:

@@ -21,14 +21,19 @@ then removes the shared-memory files carrying this server's unique prefix.
 Secure defaults (what a local user or a remote client could otherwise do to the server):
 
 * the shared-memory, logging, model-repository and trace APIs are restricted on HTTP and gRPC
-  (Triton's ``--http-restricted-api`` / ``--grpc-restricted-protocol``): a request must carry the
-  operator's key in the HTTP header ``sigrl-admin-key`` (gRPC metadata
-  ``triton-grpc-protocol-sigrl-admin-key``); without a key they are closed to everyone (the
-  expected value contains a line break, which no HTTP header or gRPC metadata value can carry);
-* the python stubs' ``/dev/shm`` regions (which carry request data) are made private to this user
-  (mode 0600) as soon as they appear: the python backend creates them world-readable (0644, whatever
-  the umask), so a local process that opens one in the first moments keeps its handle; see
-  :meth:`TritonServer.protect_shared_memory`;
+  (Triton's ``--http-restricted-api`` / ``--grpc-restricted-protocol``). With an operator key they open to
+  requests carrying it in the HTTP header ``sigrl-admin-key`` (gRPC metadata
+  ``triton-grpc-protocol-sigrl-admin-key``). Without one they are keyed to a header no client can send
+  (:data:`CLOSED_HEADER`: HTTP/1.1 ends a header name at its first colon, and gRPC resets a stream whose
+  metadata key holds upper case, a space or a colon before Triton sees it) and a random value, so they
+  are shut whatever a client sends or can read in the process table;
+* the python stubs' shared memory (which carries every request and response) lives in a ``/dev/shm`` of
+  Triton's own: Triton starts in a new mount namespace (a user namespace too, for a non-root user) with an
+  empty private tmpfs on ``/dev/shm`` (:func:`private_shm_error` says why where the kernel refuses). No
+  other user can open a region, at start, at a stub restart or ever, and the regions vanish with the
+  server however it dies;
+* Triton's log and work folder are private to this user (mode 0600 / 0700); a work folder left by a killed
+  wrapper is removed by the next start;
 * Triton gets a parent-death signal: it dies with the process that started it, however that dies;
 * Triton's log is kept when the server dies on its own (:attr:`TritonServer.kept_log`).
 """
@@ -40,6 +45,8 @@ import importlib.util
 import ipaddress
 import os
 import re
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -57,12 +64,18 @@ from typing import Literal
 
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "sigrl_triton_"  # + "<pid of the starting process>_<random>_"
+WORKDIR_PREFIX = "sigrl-triton-"  # + "<pid of the starting process>-<random>"
 # The APIs no client needs for inference: shared memory lets a client point outputs at any /dev/shm file the
 # server can open, logging and trace change server settings, model-repository loads and unloads models.
 RESTRICTED_APIS = ("shared-memory", "logging", "model-repository", "trace")
 ADMIN_HEADER = "sigrl-admin-key"
-_CLOSED = "closed\nto every client"  # a header value no request can carry: the restricted APIs stay shut
+# The header the restricted APIs are keyed to without an operator key: one no client can send. HTTP/1.1 ends a
+# header name at its first colon, so no request has this name; gRPC refuses metadata keys with upper case, a
+# space or a colon (the stream is reset before Triton sees it). Its value is random besides, drawn per start.
+CLOSED_HEADER = "SigRL closed:no-key"
 _PR_SET_PDEATHSIG = 1
+_CLONE_NEWNS, _CLONE_NEWUSER = 0x00020000, 0x10000000
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x8, 0x4000, 0x40000
 _INSTALL_HINT = 'install it with `pip install -c constraints.txt -e ".[serve]"`'
 # Triton's last words when another process took a port between free_port() and its bind:
 # "failed to start HTTP service: Unavailable - Socket '127.0.0.1:43919' already in use".
@@ -150,6 +163,37 @@ def server_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def restricted_api_flags(admin_key: str | None) -> list[str]:
+    """Triton's flags restricting :data:`RESTRICTED_APIS` on gRPC and HTTP: to requests carrying ``admin_key`` in
+    :data:`ADMIN_HEADER`, or, without a key, to :data:`CLOSED_HEADER` (no client can send it) with a random value."""
+    header, value = (ADMIN_HEADER, admin_key) if admin_key is not None else (CLOSED_HEADER, secrets.token_urlsafe(32))
+    spec = f"{','.join(RESTRICTED_APIS)}:{header}={value}"
+    return [f"--grpc-restricted-protocol={spec}", f"--http-restricted-api={spec}"]
+
+
+def triton_flags(repository: str, *, host: str, grpc_port: int, http_port: int, metrics_port: int,
+                 admin_key: str | None = None, model_control: ModelControl = "none", log_verbose: int = 0,
+                 exit_timeout_s: int = 5) -> list[str]:
+    """The flags every sigrl Triton runs with, wherever it runs (``sigrl serve`` here, a cluster's containers
+    through ``sigrl deploy k8s``): what it serves, where it listens, the restricted APIs, metrics, readiness that
+    goes false when a model fails to load, and how long it drains requests when stopped."""
+    return [
+        f"--model-repository={repository}",
+        f"--model-control-mode={model_control}",
+        "--strict-readiness=true",
+        f"--grpc-address={host}",
+        f"--grpc-port={grpc_port}",
+        f"--http-address={host}",
+        f"--http-port={http_port}",
+        *restricted_api_flags(admin_key),
+        "--allow-metrics=true",
+        f"--metrics-address={host}",
+        f"--metrics-port={metrics_port}",
+        f"--exit-timeout-secs={exit_timeout_s}",
+        f"--log-verbose={log_verbose}",
+    ]
+
+
 class TritonServer:
     """A ``tritonserver`` process serving ``repo`` on ``host`` (loopback by default), as a context manager.
 
@@ -159,7 +203,9 @@ class TritonServer:
     model at start and fails the start if one does not load. ``admin_key`` opens the restricted APIs
     (:data:`RESTRICTED_APIS`) to requests carrying it in the ``sigrl-admin-key`` header; None keeps
     them closed. ``log_file`` receives Triton's log (default: a file in the server's work folder,
-    removed by :meth:`stop` unless the server died on its own).
+    removed by :meth:`stop` unless the server died on its own). ``private_shm`` (default) gives Triton a
+    ``/dev/shm`` of its own; False leaves the python stubs' regions in the host's ``/dev/shm``, made private
+    only once they are seen (a race another local user can win: for hosts whose kernel refuses the first).
     """
 
     def __init__(
@@ -173,6 +219,7 @@ class TritonServer:
         metrics_port: int | None = None,
         admin_key: str | None = None,
         log_file: Path | None = None,
+        private_shm: bool = True,
     ) -> None:
         if admin_key is not None and not re.fullmatch(r"[\x21-\x7e]{16,}", admin_key):
             raise ValueError("the admin key must be at least 16 printable ASCII characters without spaces")
@@ -181,6 +228,7 @@ class TritonServer:
         self.log_verbose = log_verbose
         self.model_control = model_control
         self.admin_key = admin_key
+        self.private_shm = private_shm
         self._fixed_ports = {"grpc": grpc_port, "http": http_port, "metrics": metrics_port}
         self.grpc_port = grpc_port
         self.http_port = http_port
@@ -188,7 +236,7 @@ class TritonServer:
         self.shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:8]}_"
         self._log_file = None if log_file is None else Path(log_file).resolve()
         self.kept_log: Path | None = None  # the last log kept by stop()
-        self._workdir: tempfile.TemporaryDirectory[str] | None = None
+        self.workdir: Path | None = None  # private folder of the running server: backend links, default log
         self._proc: subprocess.Popen[bytes] | None = None
         self._stubs: dict[int, str] = {}
 
@@ -217,7 +265,7 @@ class TritonServer:
         """The server's combined stdout/stderr log while it runs: ``log_file``, else one in the work folder."""
         if self._log_file is not None:
             return self._log_file
-        return None if self._workdir is None else Path(self._workdir.name) / "tritonserver.log"
+        return None if self.workdir is None else self.workdir / "tritonserver.log"
 
     def _port(self, port: int | None) -> int:
         """``port``, or a clear error when it is still to be picked."""
@@ -253,13 +301,14 @@ class TritonServer:
         """Start the server and wait until it is ready; on failure leave nothing running and raise RuntimeError.
 
         The error carries the tail of the server log, where Triton says which model failed and why, and
-        the path of the kept log. The generous default is for the first start in a fresh environment:
-        every python stub imports torch and open_clip and compiles their bytecode, which took over 60 s
-        on a 2-core CI machine.
+        the path of the kept log. The generous default is for the first start in a fresh environment
+        (the python stubs compile their bytecode on a slow CI machine).
         """
         if self._proc is not None:
             raise RuntimeError(f"the server is already running (pid {self._proc.pid})")
-        remove_stale_shared_memory()
+        remove_stale_workdirs()
+        if not self.private_shm:
+            remove_stale_shared_memory()
         for attempt in range(1, _PORT_ATTEMPTS + 1):
             try:
                 self._start_once(timeout)
@@ -270,28 +319,16 @@ class TritonServer:
                     raise
 
     def _command(self, workdir: Path) -> list[str]:
-        """The ``tritonserver`` command line for the current ports."""
-        key = _CLOSED if self.admin_key is None else self.admin_key
-        restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={key}"
+        """The ``tritonserver`` command line for the current ports: :func:`triton_flags` plus this install's layout."""
         return [
             str(find_tritonserver()),
-            f"--model-repository={self.repo}",
-            f"--model-control-mode={self.model_control}",
+            *triton_flags(str(self.repo), host=self.host, grpc_port=self._port(self.grpc_port),
+                          http_port=self._port(self.http_port), metrics_port=self._port(self.metrics_port),
+                          admin_key=self.admin_key, model_control=self.model_control, log_verbose=self.log_verbose),
             f"--backend-directory={prepare_backend_dir(workdir / 'backends')}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
-            f"--grpc-address={self.host}",
-            f"--grpc-port={self.grpc_port}",
-            f"--grpc-restricted-protocol={restricted}",
-            f"--http-address={self.host}",
-            f"--http-port={self.http_port}",
-            f"--http-restricted-api={restricted}",
-            "--allow-metrics=true",
-            f"--metrics-address={self.host}",
-            f"--metrics-port={self.metrics_port}",
             "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",  # no CUDA here: skips a failed pinned-memory allocation
-            "--exit-timeout-secs=5",
-            f"--log-verbose={self.log_verbose}",
         ]
 
     def _start_once(self, timeout: float) -> None:
@@ -299,22 +336,27 @@ class TritonServer:
         for flag, port in self._fixed_ports.items():
             if port is not None:
                 _check_port_free(self.host, port, flag)  # else is_ready() could get its answer from whoever holds it
-        self._workdir = tempfile.TemporaryDirectory(prefix="sigrl-triton-")
-        workdir = Path(self._workdir.name)
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
         self.grpc_port, self.http_port, self.metrics_port = (
             self._fixed_ports[flag] or free_port(self.host) for flag in ("grpc", "http", "metrics"))
         try:
-            with open(self.log_path, "ab") as log:  # the child keeps its own handle
+            log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:  # the child keeps its own handle
                 self._proc = subprocess.Popen(
-                    self._command(workdir),
+                    self._command(self.workdir),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=server_env(),
-                    cwd=workdir,
+                    cwd=self.workdir,
                     start_new_session=True,  # its own process group: stop() reaches the python stubs too
-                    preexec_fn=_child_setup,
+                    preexec_fn=_child_setup_private_shm if self.private_shm else _child_setup,
                 )
+            except subprocess.SubprocessError as err:  # the private /dev/shm could not be set up
+                raise RuntimeError(f"cannot give Triton a private /dev/shm: {private_shm_error() or err}. "
+                                   f"{PRIVATE_SHM_HINT}") from None
+            finally:
+                os.close(log)
             self._wait_ready(self._proc, timeout)
             self._stubs = stub_processes(self._proc.pid)
         except BaseException:  # a failed start or Ctrl-C while waiting: leave nothing running
@@ -334,12 +376,15 @@ class TritonServer:
         self.protect_shared_memory()
 
     def protect_shared_memory(self) -> None:
-        """Make this server's ``/dev/shm`` regions readable and writable by this user only.
+        """Without a private ``/dev/shm``: make this server's regions readable and writable by this user only.
 
-        The python backend creates them with mode 0644 (boost.interprocess sets the mode after creating
-        the file, so a umask does not help); a region holds the requests and responses of its stub.
-        Called while waiting for the server and by every health check (a restarted stub makes new ones).
+        The python backend creates them with mode 0644 (boost.interprocess sets the mode after creating the
+        file, so a umask does not help); a region holds the requests and responses of its stub. Called while
+        waiting for the server and by every health check (a restarted stub makes new ones). A process that
+        opens a region before this sees it keeps its handle: only a private ``/dev/shm`` closes that race.
         """
+        if self.private_shm:
+            return
         for path in SHM_DIR.glob(f"{self.shm_prefix}*"):
             try:
                 if path.stat().st_mode & 0o077:
@@ -370,13 +415,14 @@ class TritonServer:
             self._fixed_ports = ports
 
     def stop(self, keep_log: bool | None = None) -> None:
-        """Stop the server and its python stubs and remove their shared memory; safe to call twice.
+        """Stop the server and its python stubs and remove their shared memory and work folder; safe to call twice.
 
         SIGTERM lets Triton unload the models and stop the stubs (SIGINT would be ignored when this process
         was started in the background by a shell, which marks SIGINT ignored for it); whatever is left of the process
-        group after ~10 s is killed, and ``/dev/shm`` files with this server's prefix are removed. The log in
-        the work folder is kept (:attr:`kept_log`) when ``keep_log`` is true, or by default when the server
-        did not exit cleanly (it died on its own, or had to be killed).
+        group after ~10 s is killed, and ``/dev/shm`` files with this server's prefix are removed (a private
+        ``/dev/shm`` goes with its last process). The log in the work folder is kept (:attr:`kept_log`) when
+        ``keep_log`` is true, or by default when the server did not exit cleanly (it died on its own, or had to be
+        killed).
         """
         proc, self._proc = self._proc, None
         if proc is not None:
@@ -392,16 +438,17 @@ class TritonServer:
         for path in SHM_DIR.glob(f"{self.shm_prefix}*"):
             path.unlink(missing_ok=True)
         self._stubs = {}
-        if self._workdir is not None:
-            log = Path(self._workdir.name) / "tritonserver.log"
+        if self.workdir is not None:
+            log = self.workdir / "tritonserver.log"
             if keep_log and log.exists():
-                kept = Path(tempfile.gettempdir()) / f"sigrl-triton-{time.strftime('%Y%m%d-%H%M%S')}-{proc.pid}.log"
-                os.replace(log, kept)
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                kept = Path(tempfile.gettempdir()) / f"sigrl-triton-{stamp}-{proc.pid if proc else os.getpid()}.log"
+                os.replace(log, kept)  # keeps its mode: private to this user
                 self.kept_log = kept
             elif keep_log and self._log_file is not None:
                 self.kept_log = self._log_file
-            self._workdir.cleanup()
-            self._workdir = None
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
 
     def __enter__(self) -> TritonServer:
         self.start()
@@ -454,6 +501,51 @@ def _child_setup() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
+def _child_setup_private_shm() -> None:
+    """:func:`_child_setup`, then a ``/dev/shm`` of Triton's own (:func:`enter_private_shm`)."""
+    _child_setup()
+    enter_private_shm()
+
+
+PRIVATE_SHM_HINT = ("Triton needs a mount namespace for it (as root, or with unprivileged user namespaces); where the "
+                    "kernel refuses one (e.g. a container without CAP_SYS_ADMIN, whose /dev/shm is the container's "
+                    "own anyway), pass private_shm=False (sigrl serve --shared-shm)")
+
+
+def enter_private_shm() -> None:
+    """Move this process into a new mount namespace whose ``/dev/shm`` is an empty tmpfs (mode 0700): what it and its
+    children create there no other process can see or open, and the tmpfs goes with the last of them.
+
+    Root may make a mount namespace directly; anyone else (or root without CAP_SYS_ADMIN) needs a user namespace
+    too, in which this user is mapped to itself. OSError naming the step the kernel refused.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+    uid, gid = os.geteuid(), os.getegid()
+    if uid != 0 or libc.unshare(_CLONE_NEWNS) != 0:
+        _checked_call(libc.unshare(_CLONE_NEWNS | _CLONE_NEWUSER), "unshare(CLONE_NEWNS | CLONE_NEWUSER)")
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as handle:
+                handle.write(text)
+    _checked_call(libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "mount --make-rprivate /")
+    _checked_call(libc.mount(b"tmpfs", bytes(SHM_DIR), b"tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, b"mode=0700"),
+                  f"mount -t tmpfs tmpfs {SHM_DIR}")
+
+
+def _checked_call(result: int, what: str) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what} failed: {os.strerror(errno)}")
+
+
+def private_shm_error() -> str | None:
+    """None when Triton can have a private ``/dev/shm`` on this machine, else why not (tried in a child process)."""
+    probe = "from sigrl.serving.server import enter_private_shm as enter\ntry:\n enter()\nexcept OSError as e:\n" \
+            " raise SystemExit(str(e))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
+    return None if result.returncode == 0 else (result.stderr.strip().splitlines() or ["unknown error"])[-1]
+
+
 def _alive(pid: int) -> bool:
     """True when ``pid`` exists and is not a zombie."""
     try:
@@ -488,24 +580,43 @@ def _command_lines() -> str:
     return "\n".join(lines)
 
 
-def remove_stale_shared_memory(owner: int | None = None) -> list[Path]:
-    """Remove this user's ``/dev/shm`` regions left by servers whose starting process is gone; return them.
+def _stale(starter: str, marker: str, path: Path, owner: int, in_use: str) -> bool:
+    """True when ``path`` (owned by ``owner``) was made by a server whose starting process ``starter`` is gone and
+    no live process names ``marker`` (an orphaned server of older code may still run)."""
+    try:
+        return starter.isdigit() and path.stat().st_uid == owner and not _alive(int(starter)) and marker not in in_use
+    except OSError:
+        return False
 
-    A server killed with its wrapper (``kill -9``) cannot clean up; the next start does it.
+
+def remove_stale_shared_memory(owner: int | None = None) -> list[Path]:
+    """Remove this user's host ``/dev/shm`` regions left by servers whose starting process is gone; return them.
+
+    Only servers without a private ``/dev/shm`` leave any: a server killed with its wrapper (``kill -9``) cannot
+    clean up; the next start does it.
     """
     removed = []
     owner = os.getuid() if owner is None else owner
-    in_use = _command_lines()  # an orphaned server (of older code) may still run: leave its regions
+    in_use = _command_lines()
     for path in SHM_DIR.glob(f"{SHM_PREFIX}*"):
         starter, _, rest = path.name[len(SHM_PREFIX):].partition("_")
-        prefix = f"{SHM_PREFIX}{starter}_{rest.partition('_')[0]}_"
-        try:
-            if (starter.isdigit() and path.stat().st_uid == owner and not _alive(int(starter))
-                    and prefix not in in_use):
-                path.unlink()
-                removed.append(path)
-        except OSError:
-            continue
+        if _stale(starter, f"{SHM_PREFIX}{starter}_{rest.partition('_')[0]}_", path, owner, in_use):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def remove_stale_workdirs(owner: int | None = None) -> list[Path]:
+    """Remove this user's server work folders left by servers whose starting process is gone (killed with
+    ``kill -9``); return them."""
+    removed = []
+    owner = os.getuid() if owner is None else owner
+    in_use = _command_lines()
+    for path in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        starter = path.name[len(WORKDIR_PREFIX):].partition("-")[0]
+        if path.is_dir() and not path.is_symlink() and _stale(starter, str(path), path, owner, in_use):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
     return removed
 
 
