@@ -17,6 +17,7 @@ import weakref
 import torch
 
 import sigrl
+from sigrl.bench import workload
 from sigrl.losses import distillation_loss, ranking_loss
 
 
@@ -65,8 +66,8 @@ def main() -> None:
     teacher = model.make_teacher()
     size = model.config.vision_cfg["image_size"]
     with torch.no_grad():
-        label_emb = model.encode_text(sigrl.tokenize([f"concept number {i}" for i in range(args.classes)]))
-    images = torch.randn(args.batch, 3, size, size)
+        label_emb = model.encode_text(torch.from_numpy(workload.token_ids(args.classes, sigrl.DEFAULT_TEMPLATE)))
+    images = torch.from_numpy(workload.pixel_batch(args.batch, size))
     labels = torch.where(torch.rand(args.batch, args.classes) < 0.05, 1.0, -1.0)
     print(f"{args.config}, B={args.batch}, C={args.classes}, class chunk {args.class_chunk}, fp32")
     for checkpointing in (True, False):

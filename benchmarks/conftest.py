@@ -1,7 +1,8 @@
 """Options, parameters and shared fixtures of the pytest-benchmark suite (``test_engines.py``).
 
-Cases are runtime × precision × engine × B × C, parametrised here from the ``--bench-*`` options the
-way TorchBench's ``test_bench.py`` parametrises model × device. Heavy objects (checkpoint, engines,
+Cases are runtime × precision × engine × B × C, parametrised here from the ``--bench-*`` options
+(declared in :mod:`sigrl.bench.options`, which ``sigrl bench`` shares) the way TorchBench's
+``test_bench.py`` parametrises model × device. Heavy objects (checkpoint, engines,
 runtimes, the Triton server) are built once per session and reused; a runtime or precision this
 install cannot run is skipped with the reason :class:`sigrl.bench.workload.Unavailable` gives.
 Run it through ``sigrl bench``, or directly:
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sigrl.bench import workload
-from sigrl.bench.results import PRECISIONS, RUNTIMES
+from sigrl.bench.options import PREFIX, add_suite_options
 from sigrl.bench.workload import Unavailable
 
 BATCHES = (1, 8)
@@ -24,22 +25,8 @@ CLASSES = (81, 1006)
 ROUNDS = (3, 50)  # fewest and most timed rounds per case
 
 
-def csv_option(value: str) -> list[str]:
-    """A comma-separated option as a list."""
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("sigrl bench")
-    group.addoption("--bench-config", default="tiny", help="model configuration (tiny, vit-b16)")
-    group.addoption("--bench-runtimes", default=",".join(RUNTIMES), help="comma-separated runtimes")
-    group.addoption("--bench-precisions", default=",".join(PRECISIONS), help="comma-separated precisions")
-    group.addoption("--bench-quick", action="store_true", help="about 1 s of timed rounds per case instead of 5 s")
-    group.addoption("--bench-work", help="folder for the checkpoint and engines (reused between runs)")
-    group.addoption("--bench-triton-url", help="gRPC address of a server already serving the engines")
-    group.addoption("--bench-served-precision", default="fp32", help="precision of the served engines")
-    group.addoption("--bench-trt-plans", help="folder with <precision>/text_gmc.plan and image_svfr.plan")
-    group.addoption("--bench-threads", type=int, help="CPU threads for torch and ONNX Runtime (default: theirs)")
+    add_suite_options(parser.getgroup("sigrl bench").addoption, PREFIX)  # sigrl bench sets them itself
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -51,7 +38,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     options = metafunc.config.option
-    axes = {"runtime": csv_option(options.bench_runtimes), "precision": csv_option(options.bench_precisions),
+    axes = {"runtime": list(options.bench_runtimes), "precision": list(options.bench_precisions),
             "batch": list(BATCHES), "classes": list(CLASSES)}
     for name, values in axes.items():
         if name in metafunc.fixturenames:
@@ -67,7 +54,7 @@ def options(request: pytest.FixtureRequest):
 @pytest.fixture(scope="session")
 def asked(options) -> dict[str, list[str]]:
     """The runtimes and precisions the run asks for."""
-    return {"runtimes": csv_option(options.bench_runtimes), "precisions": csv_option(options.bench_precisions)}
+    return {"runtimes": list(options.bench_runtimes), "precisions": list(options.bench_precisions)}
 
 
 @pytest.fixture(scope="session")

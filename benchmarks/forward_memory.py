@@ -19,12 +19,13 @@ def measure(config: str, classes: int, batch: int, class_chunk: int) -> dict:
     import torch
 
     import sigrl
+    from sigrl.bench import workload
 
     torch.manual_seed(0)
     model = sigrl.create_model(config, class_chunk=class_chunk)
     size = model.config.vision_cfg["image_size"]
-    ids = sigrl.tokenize([f"concept number {i}" for i in range(classes)])
-    images = torch.randn(batch, 3, size, size)
+    ids = torch.from_numpy(workload.token_ids(classes, sigrl.DEFAULT_TEMPLATE))
+    images = torch.from_numpy(workload.pixel_batch(batch, size))
     rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     with torch.no_grad():
         start = time.perf_counter()

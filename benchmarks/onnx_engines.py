@@ -27,35 +27,30 @@ def _peak_rss_gb() -> float:
 
 def child_export(config: str, work: Path) -> dict:
     """Save a random-weight checkpoint and export it; returns seconds and bytes per engine."""
-    import torch
-
-    import sigrl
-    from sigrl.checkpoint import model_payload, save_atomic
+    from sigrl.bench import workload
     from sigrl.deploy.onnx_export import export_checkpoint
 
-    torch.manual_seed(0)
-    save_atomic(model_payload(sigrl.create_model(config), []), work / "model.pt")
-    report = export_checkpoint(work / "model.pt", work / "engines")
+    report = export_checkpoint(workload.bench_checkpoint(config, work), work / "engines")
     return {name: {"seconds": info["seconds"], "mib": info["bytes"] / 2**20} for name, info in report.items()} | {
         "peak_rss_gb": _peak_rss_gb()}
 
 
-def child_run(runtime: str, work: Path, classes: int, batch: int, repeats: int) -> dict:
+def child_run(runtime: str, config: str, work: Path, classes: int, batch: int, repeats: int) -> dict:
     """Run one runtime on C classes and B images; eager saves outputs, ONNX Runtime compares with them."""
     import numpy as np
 
     import sigrl
+    from sigrl.bench import workload
     from sigrl.deploy.parity import rel_l2, topk_agreement
     from sigrl.deploy.runtimes import OnnxRuntime, TorchRuntime
 
     if runtime == "torch":
-        rt = TorchRuntime(sigrl.load_checkpoint(work / "model.pt"))
+        rt = TorchRuntime(sigrl.load_checkpoint(work / f"{config}.pt"))
     else:
         rt = OnnxRuntime(work / "engines", device="cpu")
     size = rt.model.config.vision_cfg["image_size"] if runtime == "torch" else rt.image_spec.image_size
-    rng = np.random.default_rng(0)
-    images = rng.standard_normal((batch, 3, size, size), dtype=np.float32)
-    token_ids = sigrl.tokenize([f"concept number {i}" for i in range(classes)]).numpy()
+    images = workload.pixel_batch(batch, size)
+    token_ids = workload.token_ids(classes, sigrl.DEFAULT_TEMPLATE)
     start = time.perf_counter()
     label_emb, graph_emb = rt.encode_labels(token_ids)
     text_s = time.perf_counter() - start
@@ -98,7 +93,7 @@ def main() -> None:
         if kind == "export":
             result = child_export(args.config, Path(work))
         else:
-            result = child_run(kind, Path(work), int(rest[0]), int(rest[1]), args.repeats)
+            result = child_run(kind, args.config, Path(work), int(rest[0]), int(rest[1]), args.repeats)
         print(json.dumps(result))
         return
     with tempfile.TemporaryDirectory() as work:

@@ -25,14 +25,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
-import sigrl
-from sigrl.checkpoint import model_payload, save_atomic
-from sigrl.data.synthetic import SyntheticShapes
-from sigrl.deploy.onnx_export import export_checkpoint
+from sigrl.bench import workload
 from sigrl.serving.client import SigRLClient
-from sigrl.serving.measure import InProcessTagger, interleaved_latency, png_bytes, throughput
+from sigrl.serving.measure import InProcessTagger, interleaved_latency, throughput
 from sigrl.serving.repository import ENTRY_ENGINES, build_repository
 from sigrl.serving.server import TritonServer
 from sigrl.serving.triton_runtime import TritonRuntime
@@ -42,14 +38,10 @@ from sigrl.tokenizer import tokenize
 def measure(config: str, engines: Path | None, work: Path, classes: int, repeats: int, concurrency: int,
             modes: list[str]) -> dict:
     if engines is None:
-        torch.manual_seed(0)
-        save_atomic(model_payload(sigrl.create_model(config), []), work / f"{config}.pt")
-        engines = work / f"{config}-engines"
-        export_checkpoint(work / f"{config}.pt", engines)
+        engines = workload.engines_dir(workload.bench_checkpoint(config, work), "fp32")
     local = InProcessTagger(engines)
-    size = local.runtime.image_spec.image_size
-    image = [png_bytes(SyntheticShapes("test", num_images=1, image_size=size).images[0])]
-    labels = [f"concept number {i}" for i in range(classes)]
+    image = workload.png_images(1, local.runtime.image_spec.image_size)
+    labels = workload.vocabulary(classes)
     pixels = local.pixels(image)
     embeddings = local.runtime.encode_labels(tokenize(labels, local.template).numpy())
     with contextlib.ExitStack() as stack:

@@ -24,6 +24,7 @@ def measure(config: str, device: str, batch: int, classes: int, checkpointing: b
     import torch
 
     import sigrl
+    from sigrl.bench import workload
     from sigrl.losses import distillation_loss, ranking_loss
     from sigrl.params import param_groups
 
@@ -34,8 +35,8 @@ def measure(config: str, device: str, batch: int, classes: int, checkpointing: b
     optimizer = torch.optim.AdamW(param_groups(model, 1e-4, 0.05, 0.65), lr=1e-4)
     size = model.config.vision_cfg["image_size"]
     with torch.no_grad():
-        label_emb = model.encode_text(sigrl.tokenize([f"concept number {i}" for i in range(classes)]).to(device))
-    images = torch.randn(batch, 3, size, size, device=device)
+        label_emb = model.encode_text(torch.from_numpy(workload.token_ids(classes, sigrl.DEFAULT_TEMPLATE)).to(device))
+    images = torch.from_numpy(workload.pixel_batch(batch, size)).to(device)
     labels = torch.where(torch.rand(batch, classes, device=device) < 0.05, 1.0, -1.0)
     cuda = device.startswith("cuda")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)

@@ -138,6 +138,16 @@ def test_cli_names_a_missing_suite_and_a_bad_compare_file(tmp_path, monkeypatch,
     assert len(err.strip().splitlines()) == 1 and "test_engines.py is missing" in err and "pip install -e" in err
 
 
+def test_cli_names_a_missing_plotting_library_before_any_work(tmp_path, monkeypatch, capsys):
+    real_find_spec = bench_cli.importlib.util.find_spec
+    monkeypatch.setattr(bench_cli.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "matplotlib" else real_find_spec(name, *args))
+    assert main(["bench", "--config", "tiny", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "matplotlib is not installed" in err and ".[bench]" in err
+    assert not (tmp_path / "o").exists()  # nothing measured, nothing written
+
+
 def test_sigrl_bench_quick_on_tiny_engines_writes_results_report_plots(tiny_engines, tmp_path):
     """A real `sigrl bench --quick`, restricted to the fastest cases: torch, ONNX Runtime and the bundled
     Triton (engine models and the entry model), C = 81, B = 1.

@@ -52,7 +52,9 @@ def _machine_lines(machine: dict[str, Any]) -> list[str]:
     gpu = machine.get("gpu")
     libraries = ", ".join(f"{k} {v}" for k, v in sorted(machine.get("libraries", {}).items()))
     ram = machine.get("ram_gb")
-    return [f"- CPU: {machine.get('cpu')} ({machine.get('cores')} cores, torch threads {machine.get('torch_threads')})"
+    isa = ", ".join(machine.get("cpu_isa") or ["not recorded"])
+    return [f"- CPU: {machine.get('cpu')} ({machine.get('cores')} cores, torch threads {machine.get('torch_threads')}; "
+            f"instruction sets: {isa})"
             f", RAM {_fmt(ram, '.0f', ' GiB')}",
             f"- GPU: {gpu['name'] + ', ' + format(gpu['memory_gb'], '.0f') + ' GiB' if gpu else 'none'}",
             f"- {machine.get('platform')}, Python {machine.get('python')}", f"- {libraries}"]

@@ -75,6 +75,20 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The instruction sets CPU inference speed hinges on: int8 and bf16 are fast only with VNNI / AVX-512 BF16 / AMX.
+CPU_ISA = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+def cpu_isa() -> list[str]:
+    """Which of :data:`CPU_ISA` this CPU has (from /proc/cpuinfo's flags; empty where it cannot be read)."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [name for name in CPU_ISA if name in flags]
+
+
 def _ram_gb() -> float | None:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -93,7 +107,7 @@ def _gpu() -> dict[str, Any] | None:
 
 
 def machine_record() -> dict[str, Any]:
-    """CPU model, cores, RAM, torch threads, library versions and the GPU (None without CUDA)."""
+    """CPU model and instruction sets, cores, RAM, torch threads, library versions and the GPU (None without CUDA)."""
     import torch
 
     versions = {}
@@ -102,7 +116,7 @@ def machine_record() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
-    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": _cpu_model(), "cpu_isa": cpu_isa(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "ram_gb": _ram_gb(), "platform": platform.platform(), "python": platform.python_version(),
             "libraries": versions, "gpu": _gpu()}
 

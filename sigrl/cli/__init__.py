@@ -1,4 +1,4 @@
-"""The ``sigrl`` command: train, eval, export, parity, triton-repo, serve, tag (and demo) over one model registry.
+"""The sigrl command: train and evaluate SigRL models, export, compile and serve them, tag images, measure.
 
 Each command group lives in its own module with a ``register(commands)`` function; this module builds
 the parser from them and turns user mistakes into one line on stderr with exit status 2 (``--debug``

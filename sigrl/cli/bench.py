@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import sigrl
-from sigrl.bench.results import PRECISIONS, RUNTIMES
+from sigrl.bench.options import SuiteOptions, add_suite_options
 from sigrl.cli.arguments import positive_int, writable_folder
 from sigrl.errors import UsageError
-from sigrl.registry import list_models
 
 # The suite is part of the source tree, not of the installed package: found beside the sigrl folder.
 SUITE = Path(sigrl.__file__).resolve().parent.parent / "benchmarks" / "test_engines.py"
@@ -32,12 +31,14 @@ class SkipCollector:
 
 
 def _check_setup() -> None:
-    """Fail before any work when the suite or pytest-benchmark is missing or --compare is unreadable."""
+    """Fail before any work when the suite, pytest-benchmark or matplotlib (the plots) is missing."""
     if not SUITE.is_file():
         raise FileNotFoundError(f"the benchmark suite {SUITE} is missing: `sigrl bench` runs from a source "
                                 "checkout installed with `pip install -e .` (the benchmarks/ folder is not packaged)")
-    if importlib.util.find_spec("pytest_benchmark") is None:
-        raise FileNotFoundError('pytest-benchmark is not installed: pip install -c constraints.txt -e ".[dev]"')
+    for module, package in (("pytest_benchmark", "pytest-benchmark"), ("matplotlib", "matplotlib")):
+        if importlib.util.find_spec(module) is None:
+            raise FileNotFoundError(f'{package} is not installed (sigrl bench needs it): '
+                                    'pip install -c constraints.txt -e ".[bench]"')
 
 
 def _perf_analyzer_rows(args: argparse.Namespace, url: str, engines: Path, out: Path, notes: list[str]) -> list:
@@ -77,18 +78,11 @@ def _perf_analyzer_rows(args: argparse.Namespace, url: str, engines: Path, out: 
     return rows
 
 
-def _suite_args(args: argparse.Namespace, work: Path, pytest_json: Path) -> list[str]:
-    """pytest arguments that run the suite on the cases ``args`` ask for, JSON with every round to ``pytest_json``."""
+def _suite_args(args: argparse.Namespace, pytest_json: Path) -> list[str]:
+    """pytest arguments that run the suite with JSON of every round in ``pytest_json`` (the suite's own options
+    come from :class:`~sigrl.bench.options.SuiteOptions`)."""
     suite_args = [str(SUITE), "-q", "-rs", "-p", "no:cacheprovider", f"--benchmark-json={pytest_json}",
-                  "--benchmark-save-data", f"--bench-config={args.config}", f"--bench-work={work}",
-                  f"--bench-runtimes={','.join(args.runtimes)}", f"--bench-precisions={','.join(args.precisions)}",
-                  f"--bench-served-precision={args.served_precision}"]
-    if args.quick:
-        suite_args.append("--bench-quick")
-    if args.trt_plans:
-        suite_args.append(f"--bench-trt-plans={args.trt_plans}")
-    if args.threads:
-        suite_args.append(f"--bench-threads={args.threads}")
+                  "--benchmark-save-data"]
     if args.pytest_args:
         suite_args += shlex.split(args.pytest_args)
     return suite_args
@@ -103,9 +97,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from sigrl.bench.report import compare, render_report, write_plots
     from sigrl.bench.results import load_results, machine_record, new_results, rows_from_pytest_benchmark, save_results
 
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
     old = load_results(args.compare) if args.compare else None
     out = writable_folder("--out", args.out)
-    work = writable_folder("--work", args.work) if args.work else out / "work"
+    work = writable_folder("--work", args.work) if args.work else writable_folder("--out", out / "work")
     for flag, folder in (("--out", out), ("--work" if args.work else "--out", work)):
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -116,7 +112,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)  # before the roofline probe and the suite, which runs in this process
     machine = machine_record()
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores; probing the GEMM roofline ...", flush=True)
+    print(f"machine: {machine['cpu']} ({', '.join(machine['cpu_isa']) or 'no AVX2'}), {machine['cores']} cores; "
+          "probing the GEMM roofline ...", flush=True)
     roofline = gemm_roofline(seconds=0.5 if args.quick else 2.0)
     if {"onnxruntime", "triton"} & set(args.runtimes):
         roofline |= onnxruntime_gemm_roofline(tuple(p for p in args.precisions if p != "bf16"),
@@ -125,7 +122,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     notes = [f"torch, in-process ONNX Runtime and the served engines used {args.threads} thread(s)"] \
         if args.threads else []
     pytest_json = out / "pytest-benchmark.json"
-    suite_args = _suite_args(args, work, pytest_json)
+    suite_args = _suite_args(args, pytest_json)
+    suite_options = {**vars(args), "work": str(work)}
     serve = "triton" in args.runtimes and args.served_precision in args.precisions
     server = None
     collector = SkipCollector()
@@ -134,8 +132,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if serve:
             print("starting the bundled Triton server ...", flush=True)
             server = workload.start_server(checkpoint, args.served_precision, args.threads)
-            suite_args.append(f"--bench-triton-url={server.grpc_url}")
-        code = pytest.main(suite_args, plugins=[collector])
+            suite_options["triton_url"] = server.grpc_url
+        code = pytest.main(suite_args, plugins=[collector, SuiteOptions(suite_options)])
         if code not in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
             print(f"sigrl bench: error: the benchmark suite failed (pytest exit {int(code)}); see its output above",
                   file=sys.stderr)
@@ -163,21 +161,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def register(commands: argparse._SubParsersAction) -> None:
     """Add ``bench`` to the ``sigrl`` parser."""
     bench = commands.add_parser("bench", help="measure every runtime and precision side by side (JSON, report, plots)")
-    bench.add_argument("--config", required=True, choices=list_models(), help="model configuration (random weights)")
+    add_suite_options(bench.add_argument, skip=("triton_url",))  # the suite's options, shared with its conftest
     bench.add_argument("--out", required=True, help="folder for results.json, report.md, plots and raw outputs")
-    bench.add_argument("--quick", action="store_true", help="short rounds, fewer perf_analyzer cases")
-    bench.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
-    bench.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
-    bench.add_argument("--served-precision", choices=PRECISIONS, default="fp32", help="precision Triton serves")
     bench.add_argument("--compare", metavar="OLD.json", help="print new/old ratios against an earlier results.json")
-    bench.add_argument("--work", help="folder for checkpoint and engines (default OUT/work; reused between runs)")
-    bench.add_argument("--trt-plans", help="folder with <precision>/text_gmc.plan, image_svfr.plan (GPU)")
     bench.add_argument("--perf-analyzer", default=str(TOOLS_DIR),
                        help="perf_analyzer tools folder (make perf-analyzer)")
-    bench.add_argument("--threads", type=positive_int,
-                       help="CPU threads of torch, in-process ONNX Runtime and the served engine sessions (default: "
-                            "theirs). 1 avoids OpenMP stalls on a shared machine")
-    bench.add_argument("--max-concurrency", type=int, default=8, help="perf_analyzer concurrency 1..N")
+    bench.add_argument("--max-concurrency", type=positive_int, default=8, help="perf_analyzer concurrency 1..N")
     bench.add_argument("--no-perf-analyzer", action="store_true", help="only the pytest-benchmark suite")
     bench.add_argument("--pytest-args", help="extra pytest arguments for the suite, e.g. \"-k 'image and B1'\"")
     bench.set_defaults(func=cmd_bench)
