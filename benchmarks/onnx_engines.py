@@ -108,7 +108,8 @@ def main() -> None:
             for batch in args.batch:
                 sizes = [str(classes), str(batch), "--config", args.config, "--repeats", str(args.repeats)]
                 eager, ort = _child("torch", work, *sizes), _child("onnxruntime", work, *sizes)
-                print(f"{classes:>5}{batch:>3} | {eager['text_s']:>12.2f}{eager['image_s']:>9.2f}{eager['peak_rss_gb']:>8.2f}"
+                print(f"{classes:>5}{batch:>3} | {eager['text_s']:>12.2f}{eager['image_s']:>9.2f}"
+                      f"{eager['peak_rss_gb']:>8.2f}"
                       f" | {ort['text_s']:>10.2f}{ort['image_s']:>9.2f}{ort['peak_rss_gb']:>8.2f}"
                       f" | {eager['image_s'] / ort['image_s']:>7.2f}x | {ort['max_abs']:>9.1e}{ort['rel_l2']:>9.1e}"
                       f"{ort['top1']:>6.2f}{ort['top5']:>6.2f}", flush=True)

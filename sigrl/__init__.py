@@ -19,8 +19,8 @@ run_before_torchvision_import()  # torchvision's operator shim, before timm/open
 if TYPE_CHECKING:  # what the lazy attributes below resolve to, for type checkers and IDEs
     from sigrl import metrics
     from sigrl.checkpoint import load_checkpoint
-    from sigrl.factory import create_model, create_model_and_transforms, get_model_config, load_clip_weights
     from sigrl.config import DEFAULT_TEMPLATE, SigRLConfig
+    from sigrl.factory import create_model, create_model_and_transforms, get_model_config, load_clip_weights
     from sigrl.model import SigRL
     from sigrl.registry import list_models
     from sigrl.tokenizer import tokenize

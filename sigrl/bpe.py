@@ -16,6 +16,7 @@ from __future__ import annotations
 import gzip
 import html
 import importlib.util
+import itertools
 from collections import OrderedDict
 from collections.abc import Sequence
 from functools import lru_cache
@@ -85,7 +86,7 @@ class ClipBPE:
     def _merge(self, symbols: list[str]) -> list[str]:
         """Merge adjacent symbols, lowest-ranked pair first (every occurrence, left to right), until none merges."""
         while len(symbols) > 1:
-            pairs = {(a, b) for a, b in zip(symbols, symbols[1:])}
+            pairs = {(a, b) for a, b in itertools.pairwise(symbols)}
             best = min(pairs, key=lambda pair: self.ranks.get(pair, len(self.ranks)))
             if best not in self.ranks:
                 break

@@ -52,7 +52,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - corrupt or non-torch files get one clear message
+    except Exception as err:
         # torch's own message advises weights_only=False, which would run code from the file: never repeat it
         raise ValueError(f"cannot read checkpoint {path}: not a checkpoint written by sigrl, or damaged") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

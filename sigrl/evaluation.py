@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from sigrl.data import build_dataset
+from sigrl.data.common import MultiLabelDataset, data_loader
 from sigrl.metrics import evaluate_multilabel
 from sigrl.model import SigRL
 
@@ -27,7 +27,7 @@ def scoring_autocast(device: str | torch.device, precision: str = "fp32") -> tor
 
 
 @torch.no_grad()
-def predict(model: SigRL, dataset: Dataset, vocabularies: dict[str, Sequence[str]], batch_size: int = 64,
+def predict(model: SigRL, dataset: MultiLabelDataset, vocabularies: dict[str, Sequence[str]], batch_size: int = 64,
             device: str | torch.device = "cpu", workers: int = 0, progress: bool = False,
             precision: str = "fp32") -> dict[str, np.ndarray]:
     """Scores [N, C] of every image of ``dataset`` against each named vocabulary, in ``precision``
@@ -43,7 +43,7 @@ def predict(model: SigRL, dataset: Dataset, vocabularies: dict[str, Sequence[str
         encoded = {name: model.encode_labels(model.tokenize(list(vocab)).to(device))
                    for name, vocab in vocabularies.items()}
     outputs: dict[str, list[torch.Tensor]] = {name: [] for name in vocabularies}
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    loader = data_loader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     for batch in tqdm(loader, desc="scoring", disable=not progress, leave=False):
         with autocast:
             global_feat, patches = model.encode_image(batch["image"].to(device, non_blocking=True))
@@ -53,11 +53,11 @@ def predict(model: SigRL, dataset: Dataset, vocabularies: dict[str, Sequence[str
     return {name: torch.cat(chunks).numpy() for name, chunks in outputs.items()}
 
 
-def _labels(dataset: Dataset) -> np.ndarray:
+def _labels(dataset: MultiLabelDataset) -> np.ndarray:
     return np.asarray(dataset.labels, dtype=np.float32)
 
 
-Scorer = Callable[[Dataset, dict[str, Sequence[str]]], dict[str, np.ndarray]]
+Scorer = Callable[[MultiLabelDataset, dict[str, Sequence[str]]], dict[str, np.ndarray]]
 """``scorer(dataset, {name: vocabulary}) -> {name: scores N×C}``: what evaluation needs of a model or runtime."""
 
 
@@ -81,10 +81,11 @@ def evaluate_scorer(scorer: Scorer, image_size: int, data: str, root: str | None
         return {"ZSL": evaluate_multilabel(scores["ZSL"], _labels(zsl)),
                 "GZSL": evaluate_multilabel(scores["GZSL"], _labels(gzsl))}
     dataset = build_dataset(data, split, root, image_size, **dataset_kwargs)
-    return {f"{data} {split}": evaluate_multilabel(scorer(dataset, {"own": dataset.vocabulary})["own"], _labels(dataset))}
+    scores = scorer(dataset, {"own": dataset.vocabulary})["own"]
+    return {f"{data} {split}": evaluate_multilabel(scores, _labels(dataset))}
 
 
-def evaluate_split(model: SigRL, dataset: Dataset, batch_size: int = 64, device: str | torch.device = "cpu",
+def evaluate_split(model: SigRL, dataset: MultiLabelDataset, batch_size: int = 64, device: str | torch.device = "cpu",
                    workers: int = 0, progress: bool = False, precision: str = "fp32") -> dict[str, float]:
     """Metrics in percent of one built dataset against its own vocabulary (validation during training).
 

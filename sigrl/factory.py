@@ -51,7 +51,7 @@ def load_clip_weights(model: SigRL, path: str | Path) -> None:
         raise FileNotFoundError(f"pretrained CLIP weights not found: {path}")
     try:
         state = _read_clip_state_dict(path)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
+    except Exception as err:
         raise ValueError(f"cannot read CLIP weights from {path}: {err}") from err
     expected = model.clip.state_dict()
     derived_buffers = {name for name, _ in model.clip.named_buffers()} - set(expected)  # e.g. the causal attn_mask

@@ -9,7 +9,7 @@ replace L_rank in the single-positive experiments. EM_APL's pseudo-labels are ke
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -24,12 +24,20 @@ __all__ = [
     "spml_loss",
 ]
 
+class SPMLHyperparameters(NamedTuple):
+    """One dataset's SPML settings: ``alpha`` and ``beta`` of the losses, ``warm_up`` epochs of EM_APL."""
+
+    alpha: float
+    warm_up: int
+    beta: float
+
+
 # Per-dataset SPML settings (spec §3, matching the APL authors' defaults). All three train for 10 epochs
 # with Adam at lr 1e-5; `warm_up` is in the 1-based epoch numbers of PseudoNegativeLabeler.update.
-SPML_HYPERPARAMETERS: dict[str, dict[str, float | int]] = {
-    "voc": dict(alpha=0.2, warm_up=5, beta=0.02),
-    "coco": dict(alpha=0.1, warm_up=5, beta=0.9),
-    "nus-wide": dict(alpha=0.1, warm_up=4, beta=0.2),
+SPML_HYPERPARAMETERS: dict[str, SPMLHyperparameters] = {
+    "voc": SPMLHyperparameters(alpha=0.2, warm_up=5, beta=0.02),
+    "coco": SPMLHyperparameters(alpha=0.1, warm_up=5, beta=0.9),
+    "nus-wide": SPMLHyperparameters(alpha=0.1, warm_up=4, beta=0.2),
 }
 
 LOG_EPSILON = 1e-5  # nl(x) = -log(x + 1e-5): keeps the log finite at p = 0 or 1

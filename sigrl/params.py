@@ -51,7 +51,7 @@ def parameter_table(model: SigRL, include_teacher: bool = True) -> list[tuple[st
     visual = model.clip.visual
     blocks = visual.transformer.resblocks
     frozen_blocks = model.config.freeze_vision_blocks
-    rows: "OrderedDict[str, list[nn.Parameter]]" = OrderedDict()
+    rows: OrderedDict[str, list[nn.Parameter]] = OrderedDict()
     rows["image: conv1 + embeddings + ln_pre"] = [visual.conv1.weight, visual.class_embedding,
                                                  visual.positional_embedding, *visual.ln_pre.parameters()]
     if frozen_blocks > 0:
@@ -73,13 +73,18 @@ def parameter_table(model: SigRL, include_teacher: bool = True) -> list[tuple[st
     return table
 
 
+def _millions(trainable: int, frozen: int) -> str:
+    """The trainable, frozen and total columns of one row, in millions."""
+    return f"{trainable / 1e6:>11.3f}M{frozen / 1e6:>11.3f}M{(trainable + frozen) / 1e6:>11.3f}M"
+
+
 def format_parameter_table(table: list[tuple[str, int, int]]) -> str:
     """The table as aligned text with totals, in millions."""
     width = max(len(name) for name, _, _ in table) + 2
     lines = [f"{'module':<{width}}{'trainable':>12}{'frozen':>12}{'total':>12}"]
     for name, trainable, frozen in table:
-        lines.append(f"{name:<{width}}{trainable / 1e6:>11.3f}M{frozen / 1e6:>11.3f}M{(trainable + frozen) / 1e6:>11.3f}M")
+        lines.append(f"{name:<{width}}{_millions(trainable, frozen)}")
     model_rows = [r for r in table if not r[0].startswith("training only")]
     trainable, frozen = sum(r[1] for r in model_rows), sum(r[2] for r in model_rows)
-    lines.append(f"{'model total':<{width}}{trainable / 1e6:>11.3f}M{frozen / 1e6:>11.3f}M{(trainable + frozen) / 1e6:>11.3f}M")
+    lines.append(f"{'model total':<{width}}{_millions(trainable, frozen)}")
     return "\n".join(lines)

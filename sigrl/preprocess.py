@@ -58,7 +58,7 @@ class EvalTransform:
         new_width, new_height = resized_size(image.width, image.height, self.shorter_side)
         resized = image.resize((new_width, new_height), Image.Resampling.BICUBIC)
         crop = self.image_size
-        left, top = int(round((new_width - crop) / 2.0)), int(round((new_height - crop) / 2.0))
+        left, top = round((new_width - crop) / 2.0), round((new_height - crop) / 2.0)
         pixels = np.asarray(resized.crop((left, top, left + crop, top + crop)), dtype=np.float32) / np.float32(255)
         mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
         return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))

@@ -32,7 +32,8 @@ class Thresholds:
     def from_json(cls, values: object, source: str = "thresholds") -> Thresholds:
         """From a parsed JSON object; ValueError naming ``source`` unless every value is a finite number."""
         if not isinstance(values, dict) or not values:
-            raise ValueError(f'{source} must hold a non-empty JSON object {{"label": threshold, "{GLOBAL_KEY}": default}}')
+            raise ValueError(f'{source} must hold a non-empty JSON object '
+                             f'{{"label": threshold, "{GLOBAL_KEY}": default}}')
         for name, value in values.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{source}: the threshold of {name!r} must be a finite number, got {value!r}")

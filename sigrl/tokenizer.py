@@ -5,8 +5,8 @@ Torch-free code (the served models, the gRPC client) uses :mod:`sigrl.bpe`, held
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 import open_clip
 import torch

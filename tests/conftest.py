@@ -4,11 +4,11 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-import sigrl  # noqa: E402,F401  (installs the torchvision compatibility shim first)
-from sigrl.training import recipe_for, train  # noqa: E402
+import sigrl  # noqa: F401  (installs the torchvision compatibility shim first)
+from sigrl.training import recipe_for, train
 
 
 @pytest.fixture(autouse=True)

@@ -54,7 +54,7 @@ def grpc_call(host: str, port: int, method: str, message: bytes = b"",
         while not done:
             try:
                 data = sock.recv(65536)
-            except (socket.timeout, ConnectionError) as err:
+            except (TimeoutError, ConnectionError) as err:
                 result.ended.append(f"socket: {err!r}")
                 break
             if not data:
@@ -108,7 +108,7 @@ def http_request(host: str, port: int, request: bytes, timeout: float = 10.0) ->
                                if line.lower().startswith(b"content-length:")), None)
                 if length is not None and len(body) >= length:
                     break
-        except (socket.timeout, ConnectionError):
+        except (TimeoutError, ConnectionError):
             pass
     answer = b"".join(chunks)
     head, _, body = answer.partition(b"\r\n\r\n")

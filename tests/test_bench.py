@@ -23,8 +23,8 @@ MACHINE = {"cpu": "Test CPU", "cores": 2, "torch_threads": 2, "ram_gb": 8.0, "pl
 
 
 def row(runtime: str, precision: str, engine: str, p50: float, **kw) -> Row:
-    fields = dict(batch=1, classes=81, p95_ms=p50 * 1.5, throughput=1e3 / p50, unit="img/s",
-                  source="pytest-benchmark", gflop=1.0)
+    fields = {"batch": 1, "classes": 81, "p95_ms": p50 * 1.5, "throughput": 1e3 / p50, "unit": "img/s",
+                  "source": "pytest-benchmark", "gflop": 1.0}
     fields.update(kw)
     return Row(runtime, precision, engine, p50_ms=p50, **fields)
 

@@ -4,16 +4,15 @@ import subprocess
 import sys
 
 import pytest
+import torchvision
 
 import sigrl
-import torchvision  # noqa: F401  (after sigrl: its import hook runs the shim first)
 from sigrl import _compat
 
 
 def test_torchvision_timm_and_open_clip_import_after_sigrl():
     import open_clip
     import timm
-    import torchvision
     from torchvision.transforms import functional
 
     assert torchvision.__version__ and timm.__version__ and open_clip.__version__
@@ -26,9 +25,8 @@ def test_shim_is_needed_and_native_ops_stay_unavailable():
     plain = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True, text=True)
     assert plain.returncode != 0 and "torchvision::nms does not exist" in plain.stderr
     import torch
-    import torchvision
 
-    with pytest.raises(RuntimeError, match="Couldn't load custom C\+\+ ops"):  # schema only: no kernel, so PIL
+    with pytest.raises(RuntimeError, match=r"Couldn't load custom C\+\+ ops"):  # schema only: no kernel, so PIL
         torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)
 
 

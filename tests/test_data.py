@@ -217,7 +217,7 @@ def test_nus_wide_folder_mapping(name, relative):
 
 
 def test_nus_wide_mapping_rejects_names_without_folder():
-    with pytest.raises(ValueError, match="0002_2002.jpg"):
+    with pytest.raises(ValueError, match=r"0002_2002\.jpg"):
         image_path("/data", "0002_2002.jpg")
 
 
@@ -254,7 +254,7 @@ def test_nus_wide_default_transform_gives_224(tmp_path):
 @pytest.mark.parametrize("split, vocabulary", [("train", "zsl"), ("test", "seen"), ("val", "seen"), ("train", "all")])
 def test_nus_wide_rejects_split_vocabulary_mismatch(tmp_path, split, vocabulary):
     write_nus_wide(str(tmp_path))
-    with pytest.raises(ValueError, match="split|vocabulary"):
+    with pytest.raises(ValueError, match=r"split|vocabulary"):
         NusWide(str(tmp_path), split, vocabulary)
 
 

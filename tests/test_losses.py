@@ -218,9 +218,9 @@ def test_spml_rejects_bad_inputs():
 
 
 def test_hyperparameters_from_the_spec():
-    assert SPML_HYPERPARAMETERS["voc"] == dict(alpha=0.2, warm_up=5, beta=0.02)
-    assert SPML_HYPERPARAMETERS["coco"] == dict(alpha=0.1, warm_up=5, beta=0.9)
-    assert SPML_HYPERPARAMETERS["nus-wide"] == dict(alpha=0.1, warm_up=4, beta=0.2)
+    assert SPML_HYPERPARAMETERS["voc"]._asdict() == {"alpha": 0.2, "warm_up": 5, "beta": 0.02}
+    assert SPML_HYPERPARAMETERS["coco"]._asdict() == {"alpha": 0.1, "warm_up": 5, "beta": 0.9}
+    assert SPML_HYPERPARAMETERS["nus-wide"]._asdict() == {"alpha": 0.1, "warm_up": 4, "beta": 0.2}
 
 
 # --------------------------------------------------------------------------- APL pseudo-negative labeler

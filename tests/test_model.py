@@ -86,7 +86,7 @@ def test_gmc_chunked_equals_unchunked(tiny, chunk):
 
 @pytest.mark.parametrize("chunk", [1, 3, 4, 7])
 def test_svfr_chunked_equals_unchunked(tiny, chunk):
-    ids, images = sigrl.tokenize(VOCAB + ["blue"]), _images(tiny, 2)
+    ids, images = sigrl.tokenize([*VOCAB, "blue"]), _images(tiny, 2)
     with torch.no_grad():
         label_emb, graph_emb = tiny.encode_labels(ids)
         tiny.set_class_chunk(10_000)
@@ -220,16 +220,16 @@ def test_pretrained_weights_load_from_torchscript_archive(tmp_path, tiny):
 
 
 def test_missing_or_mismatched_weights_are_clear_errors(tmp_path, tiny):
-    with pytest.raises(FileNotFoundError, match="nowhere.pt"):
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.pt"):
         sigrl.create_model("tiny", pretrained=tmp_path / "nowhere.pt")
     other = sigrl.create_model("tiny", embed_dim=32)
     path = tmp_path / "other.pt"
     torch.save(other.clip.state_dict(), path)
-    with pytest.raises(ValueError, match="other.pt does not match.*shape mismatch"):
+    with pytest.raises(ValueError, match=r"other\.pt does not match.*shape mismatch"):
         sigrl.create_model("tiny", pretrained=path)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="cannot read CLIP weights from .*garbage.pt"):
+    with pytest.raises(ValueError, match=r"cannot read CLIP weights from .*garbage\.pt"):
         sigrl.create_model("tiny", pretrained=garbage)
 
 

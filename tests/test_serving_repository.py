@@ -22,16 +22,16 @@ import sigrl
 from sigrl.data.transforms import build_transform
 from sigrl.deploy.engines import engine_specs
 from sigrl.deploy.onnx_export import engine_metadata
-from sigrl.deploy.tensorrt import BUILD_RECORD, TENSORRT_10, BuildOptions, describe_build
 from sigrl.deploy.runtimes import prepare_token_ids
+from sigrl.deploy.tensorrt import BUILD_RECORD, TENSORRT_10, BuildOptions, describe_build
 
 pytest.importorskip("tritonclient.grpc", reason='needs tritonclient (pip install -c constraints.txt -e ".[serve]")')
 
-from tritonclient.grpc import model_config_pb2  # noqa: E402
+from tritonclient.grpc import model_config_pb2
 
-from sigrl.serving import repository as repository_module  # noqa: E402
-from sigrl.bpe import ClipBPE  # noqa: E402
-from sigrl.serving.entry import (  # noqa: E402
+from sigrl.bpe import ClipBPE
+from sigrl.serving import repository as repository_module
+from sigrl.serving.entry import (
     check_embeddings,
     group_by_vocabulary,
     parse_request,
@@ -40,10 +40,10 @@ from sigrl.serving.entry import (  # noqa: E402
     validate_images,
     validate_top_k,
 )
-from sigrl.serving.images import ImagePreprocessor  # noqa: E402
-from sigrl.serving.protocol import EntryLimits, LabelError, RequestError  # noqa: E402
-from sigrl.serving.repository import Instances, build_repository  # noqa: E402
-from sigrl.serving.vocabulary import (  # noqa: E402
+from sigrl.serving.images import ImagePreprocessor
+from sigrl.serving.protocol import EntryLimits, LabelError, RequestError
+from sigrl.serving.repository import Instances, build_repository
+from sigrl.serving.vocabulary import (
     PromptTokenizer,
     VocabularyCache,
     check_token_ids,
@@ -241,7 +241,7 @@ def test_invalid_settings_are_refused_before_writing(fake_engines, tmp_path, kwa
 
 
 def test_missing_engines_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="lacks text_gmc.onnx, image_svfr.onnx"):
+    with pytest.raises(FileNotFoundError, match=r"lacks text_gmc\.onnx, image_svfr\.onnx"):
         build_repository(tmp_path, "python", tmp_path / "repo")
 
 

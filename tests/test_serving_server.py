@@ -27,13 +27,13 @@ import pytest
 
 pytest.importorskip("pytriton", reason='needs nvidia-pytriton (pip install -c constraints.txt -e ".[serve]")')
 
-import tritonclient.grpc as grpcclient  # noqa: E402  (nvidia-pytriton depends on tritonclient[grpc,http])
-import tritonclient.http as httpclient  # noqa: E402
-from tritonclient.utils import InferenceServerException  # noqa: E402
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from raw_protocol import grpc_call, http_request
+from tritonclient.utils import InferenceServerException
 
-from raw_protocol import grpc_call, http_request  # noqa: E402
-from sigrl.serving import server as server_module  # noqa: E402
-from sigrl.serving.server import (  # noqa: E402
+from sigrl.serving import server as server_module
+from sigrl.serving.server import (
     WORKDIR_PREFIX,
     TritonServer,
     find_tritonserver,
@@ -411,7 +411,7 @@ def test_no_other_user_opens_a_shared_memory_region_at_start_restart_or_ever(tmp
             with grpcclient.InferenceServerClient(server.grpc_url) as client:
                 test_grpc_inference_adds_one(client)
             os.kill(next(iter(stub_processes(server.pid))), signal.SIGKILL)
-            assert wait_for(lambda: server.dead_stubs() != [], 10)
+            assert wait_for(server.dead_stubs, 10)
             server.restart()
             with grpcclient.InferenceServerClient(server.grpc_url) as client:
                 test_grpc_inference_adds_one(client)
@@ -538,7 +538,7 @@ def test_loopback_addresses_are_recognised():
 def test_a_restricted_api_is_reported_as_restricted_not_as_no_server(server, grpc_client):
     from sigrl.serving.client import translate_errors
 
-    with pytest.raises(PermissionError, match="keeps this API restricted .* operator's key"):
+    with pytest.raises(PermissionError, match=r"keeps this API restricted .* operator's key"):
         translate_errors(server.grpc_url, grpc_client.get_log_settings)
 
 

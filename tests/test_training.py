@@ -1,5 +1,6 @@
 """Training on CPU: the tiny recipe learns, resume is exact, checkpoint writes are atomic, DDP matches one process."""
 
+import itertools
 import json
 import os
 import shutil
@@ -8,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from data_fixtures import write_nus_wide, write_single_positive
 
 import sigrl
 from sigrl.checkpoint import read_checkpoint
@@ -16,8 +18,6 @@ from sigrl.data import build_dataset
 from sigrl.evaluation import predict
 from sigrl.training import recipe_for, train
 from sigrl.training.train import Trainer, epoch_batches, lr_factor
-
-from data_fixtures import write_nus_wide, write_single_positive
 
 
 def _weights(path):
@@ -66,7 +66,7 @@ def test_load_checkpoint_returns_eval_model_with_vocabulary(trained_tiny):
 
 
 def _small_run(out, **overrides):
-    config = dict(out=str(out), epochs=2, synthetic_train_images=160, progress=False)
+    config = {"out": str(out), "epochs": 2, "synthetic_train_images": 160, "progress": False}
     return recipe_for("tiny", **{**config, **overrides})
 
 
@@ -107,7 +107,7 @@ def test_interrupted_checkpoint_write_keeps_last_good_checkpoint(tmp_path, monke
 def test_lr_schedule_warms_up_then_decays_to_min():
     factors = [lr_factor(s, 100, 10, 1e-4, 1e-7) for s in range(101)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
     assert factors[100] == pytest.approx(1e-3)
 
 
@@ -238,7 +238,7 @@ def test_vit_b16_training_needs_pretrained_weights_or_an_explicit_random_init(tm
 def test_val_fraction_zero_trains_on_every_image_and_keeps_the_last_epoch(tmp_path, capsys):
     (tmp_path / "nus").mkdir()
     write_nus_wide(str(tmp_path / "nus"))
-    common = dict(data_root=str(tmp_path / "nus"), epochs=2, batch_size=3, progress=False)
+    common = {"data_root": str(tmp_path / "nus"), "epochs": 2, "batch_size": 3, "progress": False}
     assert len(Trainer(recipe_for("tiny", data="nus-wide", out=str(tmp_path / "a"), **common)).train_set) == 9
     config = recipe_for("tiny", data="nus-wide", out=str(tmp_path / "run"), val_fraction=0, **common)
     result = train(config)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -48,7 +49,7 @@ def gemm_roofline(precisions: tuple[str, ...] = ("fp32", "bf16", "int8"), max_si
     """
     peaks = {}
     for precision in precisions:
-        peak = _probe(lambda size, p=precision: _gemm(p, size, device), max_size, seconds, device)
+        peak = _probe(partial(_gemm, precision, device=device), max_size, seconds, device)
         if peak is not None:
             peaks[precision] = peak
     return peaks
@@ -87,7 +88,7 @@ def onnxruntime_gemm_roofline(precisions: tuple[str, ...] = ("fp32", "fp16", "in
     """:func:`gemm_roofline` through ONNX Runtime's CPU provider, keyed ``"onnxruntime <precision>"``."""
     peaks = {}
     for precision in precisions:
-        peak = _probe(lambda size, p=precision: _ort_gemm(p, size, threads), max_size, seconds, "cpu")
+        peak = _probe(partial(_ort_gemm, precision, threads=threads), max_size, seconds, "cpu")
         if peak is not None:
             peaks[ORT_PREFIX + precision] = peak
     return peaks

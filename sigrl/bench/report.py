@@ -126,8 +126,8 @@ def write_plots(results: dict[str, Any], out_dir: str | Path) -> list[Path]:
         ax.set(title="served throughput (perf_analyzer)", xlabel="concurrent requests", ylabel="throughput")
         ax.legend(fontsize=8)
         written.append(_save(fig, out_dir / "throughput_vs_concurrency.png"))
-    shares = [(r, roofline_share(r, results.get("roofline", {}))) for r in rows if r.source != "perf_analyzer"]
-    shares = [(r, s) for r, s in shares if s is not None and r.engine == "image_svfr"]
+    shares = [(r, s) for r in rows if r.source != "perf_analyzer" and r.engine == "image_svfr"
+              and (s := roofline_share(r, results.get("roofline", {}))) is not None]
     if shares:
         fig, ax = plt.subplots(figsize=(7, 0.3 * len(shares) + 1.5))
         ax.barh([f"{r.runtime} {r.precision} {r.case} B={r.batch} C={r.classes}".replace("  ", " ")

@@ -116,7 +116,8 @@ def machine_record() -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
-    return {"cpu": _cpu_model(), "cpu_isa": cpu_isa(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": _cpu_model(), "cpu_isa": cpu_isa(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
             "ram_gb": _ram_gb(), "platform": platform.platform(), "python": platform.python_version(),
             "libraries": versions, "gpu": _gpu()}
 

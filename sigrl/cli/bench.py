@@ -24,7 +24,7 @@ class SkipCollector:
     def __init__(self) -> None:
         self.reasons: dict[str, int] = {}
 
-    def pytest_runtest_logreport(self, report) -> None:  # noqa: ANN001 (pytest hook)
+    def pytest_runtest_logreport(self, report) -> None:
         if report.skipped and isinstance(report.longrepr, tuple):
             reason = report.longrepr[2].removeprefix("Skipped: ")
             self.reasons[reason] = self.reasons.get(reason, 0) + 1
@@ -138,7 +138,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"sigrl bench: error: the benchmark suite failed (pytest exit {int(code)}); see its output above",
                   file=sys.stderr)
             return 1
-        if serve and not args.no_perf_analyzer:
+        if server is not None and not args.no_perf_analyzer:
             engines = workload.engines_dir(checkpoint, args.served_precision)
             perf_rows = _perf_analyzer_rows(args, server.grpc_url, engines, out, notes)
     finally:

@@ -14,7 +14,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
 
     from sigrl.checkpoint import load_checkpoint
-    from sigrl.data import build_dataset
+    from sigrl.data.synthetic import SyntheticShapes
     from sigrl.deploy.onnx_export import export_checkpoint
     from sigrl.deploy.runtimes import TorchRuntime
     from sigrl.evaluation import evaluate_dataset, format_report
@@ -38,20 +38,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("[3/5] building the Triton model repository (python runtime: ONNX Runtime inside Triton) ...")
     repo = build_repository(out / "engines", "python", out / "triton_repo", overwrite=True)
 
-    test = build_dataset("synthetic", "test", image_size=model.config.vision_cfg["image_size"], num_images=4)
+    vocabulary = list(model.vocabulary or [])  # a trained checkpoint records its labels
+    test = SyntheticShapes("test", num_images=4, image_size=model.config.vision_cfg["image_size"])
     images = [png_bytes(image) for image in test.images]
     names = [f"test-{i}.png" for i in range(len(images))]
     print("[4/5] starting Triton and tagging 4 synthetic test images over gRPC ...")
     with TritonServer(repo) as server:
         client = SigRLClient(server.grpc_url)
         for tagging, labels in zip(client.tag(names, images, top_k=4), test.labels):
-            truth = [model.vocabulary[c] for c in range(len(labels)) if labels[c] > 0]
+            truth = [vocabulary[c] for c in range(len(labels)) if labels[c] > 0]
             print(f"  {tagging.image}: " + ", ".join(f"{n} ({s:.2f})" for n, s in tagging.top)
                   + f"   | truth: {', '.join(truth)}")
 
         print("[5/5] served vs in-process ONNX Runtime (same engines, same images):")
         local = InProcessTagger(out / "engines")
-        vocabulary = model.vocabulary
         served_scores, _ = client.infer(images, vocabulary)
         local_scores = local.scores(images, vocabulary)
         print(f"  entry model scores, max abs difference: {np.abs(served_scores - local_scores).max():.2e}")

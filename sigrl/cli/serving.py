@@ -46,7 +46,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     repo = Path(args.repo)
     if not repo.is_dir():
-        return _serve_error(f"--repo {repo}: no such folder; build one with `sigrl triton-repo --engines DIR --out {repo}`")
+        return _serve_error(f"--repo {repo}: no such folder; build one with "
+                            f"`sigrl triton-repo --engines DIR --out {repo}`")
     if not any(repo.glob("*/config.pbtxt")):  # Triton would start "ready" with no model and fail every request
         return _serve_error(f"--repo {repo} holds no model (no MODEL/config.pbtxt): is it a repository written by "
                             "`sigrl triton-repo`?")

@@ -33,7 +33,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train vit-b16 without --pretrained, from random weights, on purpose")
     parser.add_argument("--loss", default=None, choices=LOSSES, help="rank (zero-shot) or an SPML loss")
     parser.add_argument("--epochs", type=positive_int)
-    parser.add_argument("--max-steps", type=positive_int, help="stop after this many steps (schedule still spans --epochs)")
+    parser.add_argument("--max-steps", type=positive_int,
+                        help="stop after this many steps (schedule still spans --epochs)")
     parser.add_argument("--batch-size", type=positive_int, help="global batch, split across torchrun processes")
     parser.add_argument("--lr", type=positive_float)
     parser.add_argument("--schedule", choices=("cosine", "constant"),

@@ -19,8 +19,22 @@ from sigrl.data.transforms import (
 )
 
 __all__ = [
-    "COCO_CLASSES", "DATASET_NAMES", "IMAGENET_DEFAULT_MEAN", "IMAGENET_DEFAULT_STD", "LabelledSubset",
-    "MultiLabelDataset", "NusWide", "SYNTHETIC_VOCABULARY", "SinglePositive", "SyntheticShapes", "Transform",
-    "VOC_CLASSES", "build_dataset", "build_transform", "draw_single_positives", "load_rgb",
-    "to_normalized_tensor", "train_val_split",
+    "COCO_CLASSES",
+    "DATASET_NAMES",
+    "IMAGENET_DEFAULT_MEAN",
+    "IMAGENET_DEFAULT_STD",
+    "SYNTHETIC_VOCABULARY",
+    "VOC_CLASSES",
+    "LabelledSubset",
+    "MultiLabelDataset",
+    "NusWide",
+    "SinglePositive",
+    "SyntheticShapes",
+    "Transform",
+    "build_dataset",
+    "build_transform",
+    "draw_single_positives",
+    "load_rgb",
+    "to_normalized_tensor",
+    "train_val_split",
 ]

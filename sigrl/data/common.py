@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from sigrl.data.transforms import Transform, build_transform
+
 
 @runtime_checkable
 class MultiLabelDataset(Protocol):
@@ -31,6 +32,12 @@ class MultiLabelDataset(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
+def data_loader(dataset: MultiLabelDataset, **options: Any) -> DataLoader:
+    """A DataLoader over a multi-label dataset: every reader here is a torch ``Dataset`` (the protocol says what
+    else it offers), so this is the one place that tells the type checker."""
+    return DataLoader(cast(Dataset, dataset), **options)
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -91,7 +98,7 @@ class LabelledSubset(Dataset):
     per-sample bookkeeping (EM_APL's pseudo-labels) needs.
     """
 
-    def __init__(self, dataset: MultiLabelDataset, indices: Sequence[int]) -> None:
+    def __init__(self, dataset: MultiLabelDataset, indices: Sequence[int] | np.ndarray) -> None:
         self.dataset = dataset
         self.indices = [int(i) for i in indices]
         self.vocabulary = list(dataset.vocabulary)

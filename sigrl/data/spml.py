@@ -154,11 +154,13 @@ class SinglePositive(ImageFileDataset):
             rows = np.arange(len(paths))
         else:
             rows = train_val_split(len(paths), val_fraction, seed)[0 if split == "train" else 1]
-        true_labels: torch.Tensor | None = torch.from_numpy(clean[rows].astype(np.float32) * 2 - 1)
+        complete = torch.from_numpy(clean[rows].astype(np.float32) * 2 - 1)
+        true_labels: torch.Tensor | None = None
         if split == "train":  # drawn over the whole official train set, so the file is split-independent
             labels = torch.from_numpy(observed_labels(root, clean, seed)[rows].astype(np.float32))
+            true_labels = complete
         else:
-            labels, true_labels = true_labels, None
+            labels = complete
         image_root = root if image_root is None else image_root
         super().__init__(
             [os.path.join(image_root, paths[row]) for row in rows],

@@ -208,7 +208,8 @@ class SigRLClient:
         try:
             return list(check_vocabulary(names, self.limits(), template, clip_bpe()))
         except LabelError as err:
-            raise UsageError(f"{str(err).removeprefix(LABELS_ERROR)} (the server at {self.url} would refuse it)") from None
+            reason = str(err).removeprefix(LABELS_ERROR)
+            raise UsageError(f"{reason} (the server at {self.url} would refuse it)") from None
 
     def infer(self, images: list[bytes], labels: list[str] | None = None,
               top_k: int = 5) -> tuple[np.ndarray, list[list[tuple[str, float]]]]:

@@ -37,7 +37,7 @@ def _grey_8bit(image: Image.Image) -> Image.Image:
 
     Integer arithmetic in 32 bits: ``(v + 128) // 257`` equals ``round(v / 257)`` for every 16-bit ``v``.
     """
-    grey = np.asarray(image, dtype=np.int64 if image.mode == "I" else np.uint32)
+    grey: np.ndarray = np.asarray(image, dtype=np.int64 if image.mode == "I" else np.uint32)
     scaled = np.clip((grey + 128) // 257, 0, 255).astype(np.uint8)
     return Image.fromarray(scaled, "L")
 

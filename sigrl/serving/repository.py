@@ -32,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 from google.protobuf import text_encoding, text_format
 
-from sigrl.bpe import EOT_TOKEN_ID, SOT_TOKEN_ID, VOCAB_FILE, clip_bpe, default_vocab_file
+from sigrl.bpe import VOCAB_FILE, clip_bpe, default_vocab_file
 from sigrl.deploy.engines import EngineSpec, engine_specs
 from sigrl.deploy.onnx_export import read_metadata
 from sigrl.deploy.runtimes import engine_config, engine_precisions
@@ -217,7 +217,8 @@ def parse_model_config(text: str) -> Any:
 
 def _shim(model_class: type) -> str:
     """The ``1/model.py`` of a python-backend model: the class lives in sigrl.serving.backend."""
-    return (f'"""Triton python-backend model: {model_class.__doc__.splitlines()[0]}"""\n'
+    summary = (model_class.__doc__ or model_class.__name__).splitlines()[0]
+    return (f'"""Triton python-backend model: {summary}"""\n'
             f"from {model_class.__module__} import {model_class.__name__} as TritonPythonModel  # noqa: F401\n")
 
 

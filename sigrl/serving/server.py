@@ -339,8 +339,9 @@ class TritonServer:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{os.getpid()}-"))
         self.grpc_port, self.http_port, self.metrics_port = (
             self._fixed_ports[flag] or free_port(self.host) for flag in ("grpc", "http", "metrics"))
+        log_path = self._log_file or self.workdir / "tritonserver.log"
         try:
-            log = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:  # the child keeps its own handle
                 self._proc = subprocess.Popen(
                     self._command(self.workdir),

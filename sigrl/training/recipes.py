@@ -94,11 +94,11 @@ def recipe_for(model: str, loss: str = "rank", data: str | None = None, **overri
         raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
     spml = loss != "rank"
     base = RECIPES.get(f"{family}-spml", RECIPES[family]) if spml else RECIPES[family]
-    config = replace(base, model=model, loss=loss, **({"data": data} if data else {}))
+    config = replace(base, model=model, loss=loss, data=data or base.data)
     if spml:
         _check_spml_data(config)
         values = SPML_HYPERPARAMETERS[config.data]
-        config = replace(config, spml_alpha=values["alpha"], spml_beta=values["beta"], spml_warmup=values["warm_up"])
+        config = replace(config, spml_alpha=values.alpha, spml_beta=values.beta, spml_warmup=values.warm_up)
     unknown = set(overrides) - TrainConfig.field_names()
     if unknown:
         raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from sigrl.checkpoint import model_payload, read_checkpoint, save_atomic
 from sigrl.data import build_dataset, build_transform
+from sigrl.data.common import data_loader
 from sigrl.evaluation import evaluate_split, predict
 from sigrl.factory import create_model
 from sigrl.losses import PseudoNegativeLabeler, distillation_loss, ranking_loss, spml_loss
@@ -90,6 +91,7 @@ def _build_model(cfg: TrainConfig) -> SigRL:
     model = create_model(cfg.model, pretrained=cfg.pretrained, **overrides)
     if cfg.coop_n_ctx > 0:  # CoOp: only the context vectors learn
         model.requires_grad_(False)
+        assert model.prompt_context is not None  # made by coop_n_ctx > 0
         model.prompt_context.requires_grad_(True)
     model.set_grad_checkpointing(cfg.grad_checkpointing)
     return model.train()
@@ -153,7 +155,9 @@ class Trainer:
                              f"{cfg.batch_size}")
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
-        self.step, self.best, self.history, self.rng_state = 0, -math.inf, [], None
+        self.step, self.best = 0, -math.inf
+        self.history: list[dict[str, float]] = []
+        self.rng_state: dict[str, torch.Tensor | None] | None = None
         self.losses: list[float] = []  # training losses since the last evaluation (for metrics.jsonl)
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and self.device.type == "cuda")
 
@@ -173,7 +177,9 @@ class Trainer:
         return {"cpu": torch.get_rng_state(), "cuda": cuda}
 
     def _set_rng(self, state: dict[str, torch.Tensor | None]) -> None:
-        torch.set_rng_state(state["cpu"])
+        cpu = state["cpu"]
+        assert cpu is not None, "a checkpoint's RNG state always has the CPU generator"
+        torch.set_rng_state(cpu)
         if state["cuda"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda"], self.device)
 
@@ -232,9 +238,9 @@ class Trainer:
     def _epoch_loader(self, epoch: int, offset: int) -> DataLoader:
         batches = epoch_batches(len(self.train_set), self.cfg.batch_size, epoch, self.cfg.seed, self.rank,
                                 self.world)[offset:]
-        return DataLoader(self.train_set, batch_sampler=batches, num_workers=self.cfg.workers,
-                          pin_memory=self.device.type == "cuda",
-                          generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
+        return data_loader(self.train_set, batch_sampler=batches, num_workers=self.cfg.workers,
+                           pin_memory=self.device.type == "cuda",
+                           generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
 
     def _end_of_round(self, epoch: int) -> dict[str, float]:
         """Pseudo-labels after a full epoch (EM_APL), validation and checkpoints on rank 0.
@@ -243,6 +249,7 @@ class Trainer:
         """
         cfg = self.cfg
         if self.labeler is not None and self.step % self.steps_per_epoch == 0:  # scored in fp32, never autocast
+            assert self.scoring_set is not None  # built with the labeler
             scores = predict(self.model, self.scoring_set, {"train": self.vocabulary}, cfg.eval_batch_size,
                              self.device, precision="fp32")["train"]
             self.labeler.update(epoch + 1, torch.from_numpy(scores))
@@ -250,6 +257,7 @@ class Trainer:
         metrics: dict[str, float] = {}
         if self.rank == 0:
             if self.validates:
+                assert self.val_set is not None  # rank 0 builds it when it validates
                 metrics = evaluate_split(self.model, self.val_set, cfg.eval_batch_size, self.device,
                                          precision=cfg.eval_precision)
                 self.history.append({"step": self.step, **metrics})
