@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test params perf-analyzer bench-quick
+.PHONY: install demo test test-fast lint params perf-analyzer bench-quick
 
 install: $(STAMP)
 
@@ -23,6 +23,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The suite without the tests marked slow (a few hundred training steps, the real-server security probes).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+# ruff (style, imports, common bugs) and mypy (types) on the package, both configured in pyproject.toml.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sigrl tests benchmarks export
+	$(VENV)/bin/mypy
 
 params: $(STAMP)
 	$(VENV)/bin/sigrl params --config vit-b16
