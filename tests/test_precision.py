@@ -3,7 +3,7 @@
 Each precision is exported once from the trained ``tiny`` checkpoint with ``sigrl export --precision``
 (int8-qdq and fp8 calibrated on synthetic *training* images, never the test set). fp16, int8 and the
 Q/DQ graphs run in ONNX Runtime; bf16 graphs, which ONNX Runtime's CPU provider does not run, and the
-fp8 graph are checked by ONNX's own reference evaluator too. Tolerances are those written into the
+Q/DQ graphs are checked by ONNX's own reference evaluator too. Tolerances are those written into the
 engines' metadata.
 """
 
@@ -173,7 +173,7 @@ def test_bf16_graphs_checked_by_the_onnx_reference_evaluator(precision_engines):
     with pytest.raises(ValueError, match="cannot run the bf16 graphs"):
         OnnxRuntime(folders["bf16"], device="cpu")
     vocabularies, images = parity_inputs(model.vocabulary, model.prompt_template, 64, [12], [2])
-    for precision in ("bf16", "fp8"):  # fp8: a second, independent implementation of Q/DQ in E4M3
+    for precision in ("bf16", "int8-qdq", "fp8"):  # Q/DQ: a second, independent implementation of int8 and E4M3
         candidate = create_runtime("onnx-reference", engines=folders[precision])
         rows = compare_runtimes(TorchRuntime(model), candidate, vocabularies, images)
         assert all(r.passed for r in rows), format_rows(rows)
