@@ -1,7 +1,7 @@
 """Export a trained model as two self-contained ONNX graphs: ``text_gmc.onnx`` and ``image_svfr.onnx``.
 
-The dynamo-based exporter (``torch.onnx.export(..., dynamo=True)``) at opset 18, one file per engine
-(``external_data=False``; the vit-b16 graphs are well under 2 GB). Each graph gets the full
+The dynamo-based exporter (``torch.onnx.export(..., dynamo=True)``) at opset 18 (22 for bf16, int8-qdq and
+fp8), one file per engine (``external_data=False``; the vit-b16 graphs are well under 2 GB). Each graph gets the full
 ``onnx.checker`` check and strict shape inference, and carries metadata (config, preprocessing,
 prompt template, checkpoint hash, opset) that Triton and the parity tools read back. Both files are
 written to a temporary folder beside the output and renamed into place only when both succeeded.
@@ -15,10 +15,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-
-from collections.abc import Iterator
 
 import numpy as np
 import onnx
