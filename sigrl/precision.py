@@ -5,8 +5,10 @@ steps stay fp32: LayerNorm statistics (open_clip's ``LayerNormFp32``), the softm
 over graph neighbours, L2 normalisations, the top-k mean and the eq. 13 score normalisation. Those
 islands are written into ``gmc.py`` and ``svfr.py`` as casts that do nothing in fp32, so the fp32
 model is unchanged and an exported low-precision graph carries its fp32 islands explicitly (which is
-what strongly typed TensorRT builds from). ``int8`` is a property of exported engines only (ONNX
-Runtime dynamic quantization of the image engine); a PyTorch model is never int8.
+what strongly typed TensorRT builds from). The quantized precisions are properties of exported
+engines only, each built on a float graph (:data:`QUANTIZED_BASE`): ``int8`` is ONNX Runtime dynamic
+quantization of the fp32 image engine (CPU); ``int8-qdq`` and ``fp8`` are the fp16 image engine with
+calibrated Q/DQ pairs (TensorRT). A PyTorch model is never quantized.
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ from torch import nn
 from sigrl.registry import PRECISIONS
 
 FLOAT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+QUANTIZED_BASE = {"int8": "fp32", "int8-qdq": "fp16", "fp8": "fp16"}  # the float graph each quantized one starts from
+
+
+def float_precision(precision: str) -> str:
+    """The float precision an engine of ``precision`` computes its unquantized steps in."""
+    return QUANTIZED_BASE.get(check_precision(precision), precision)
 
 
 def check_precision(precision: str, allowed: tuple[str, ...] = PRECISIONS) -> str:

@@ -19,5 +19,9 @@ def list_models() -> list[str]:
     """Names accepted by :func:`sigrl.create_model` (one JSON file each in ``sigrl/model_configs``)."""
     files = resources.files(CONFIG_PACKAGE).iterdir()
     return sorted(f.name.removesuffix(".json") for f in files if f.name.endswith(".json"))
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # engine precisions (sigrl.precision); torch runs the first three
+# Engine precisions (sigrl.precision); torch runs the first three. int8: ONNX Runtime dynamic quantization (CPU);
+# int8-qdq and fp8: explicit Q/DQ graphs calibrated on images, for TensorRT.
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-qdq", "fp8")
+CALIBRATED_PRECISIONS = ("int8-qdq", "fp8")  # `sigrl export` needs --calibration-images for these
 RUNTIMES = ("torch", "onnxruntime", "onnx-reference", "tensorrt")  # sigrl.deploy.runtimes.create_runtime
+MAX_CLASSES = 1024  # the largest vocabulary (C) engines take by default (`sigrl export --max-classes`)

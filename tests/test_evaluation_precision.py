@@ -50,9 +50,10 @@ def test_eval_command_takes_the_precision_flag(trained_tiny, capsys):
     assert sigrl_main(["eval", "--checkpoint", checkpoint, "--split", "val", "--precision", "bf16"]) == 0
     assert "synthetic val" in fp32 and "synthetic val" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        sigrl_main(["eval", "--checkpoint", checkpoint, "--precision", "fp8"])
-    assert sigrl_main(["eval", "--checkpoint", checkpoint, "--precision", "int8"]) == 2  # int8 is an engine precision
-    assert "int8 is a precision of exported engines" in capsys.readouterr().err
+        sigrl_main(["eval", "--checkpoint", checkpoint, "--precision", "int4"])
+    for precision in ("int8", "int8-qdq", "fp8"):  # engine precisions, not the PyTorch model's
+        assert sigrl_main(["eval", "--checkpoint", checkpoint, "--precision", precision]) == 2
+        assert f"{precision} is a precision of exported engines" in capsys.readouterr().err
 
 
 @pytest.mark.gpu

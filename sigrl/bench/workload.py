@@ -21,6 +21,7 @@ from sigrl.deploy import runtimes
 from sigrl.deploy.onnx_export import export_checkpoint
 from sigrl.deploy.runtimes import EngineRuntime, OnnxRuntime, TorchRuntime
 from sigrl.factory import create_model
+from sigrl.registry import CALIBRATED_PRECISIONS
 from sigrl.serving.measure import png_bytes
 from sigrl.tokenizer import tokenize
 
@@ -63,6 +64,9 @@ def onnx_runtime(checkpoint: Path, precision: str, device: str = "cpu", threads:
     """ONNX Runtime on the checkpoint's engines in ``precision`` (``threads``: intra-op threads, default ORT's)."""
     if precision == "bf16" and device == "cpu":
         raise Unavailable("ONNX Runtime's CPU provider has no bf16 kernels (bf16 engines run on TensorRT or CUDA)")
+    if precision in CALIBRATED_PRECISIONS:
+        raise Unavailable(f"{precision} engines are Q/DQ graphs for TensorRT (ONNX Runtime runs them as simulated "
+                          "quantization, which says nothing of their speed): time their plans (--trt-plans)")
     return OnnxRuntime(engines_dir(checkpoint, precision), device=device, threads=threads)
 
 

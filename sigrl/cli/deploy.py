@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sigrl.cli.arguments import positive_int, torch_device, writable_file, writable_folder, write_json
 from sigrl.errors import UsageError
-from sigrl.registry import PRECISIONS, RUNTIMES, list_models
+from sigrl.registry import MAX_CLASSES, PRECISIONS, RUNTIMES, list_models
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -16,9 +16,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from sigrl.deploy.onnx_export import export_checkpoint
 
     report = export_checkpoint(args.checkpoint, args.out, expect_config=args.config, precision=args.precision,
-                               class_chunk=args.class_chunk)
+                               class_chunk=args.class_chunk, max_classes=args.max_classes,
+                               calibration_images=args.calibration_images)
     for name, info in report.items():
-        print(f"{info['path']}: {info['precision']}, {info['bytes'] / 2**20:.1f} MiB, "
+        print(f"{info['path']}: {info['precision']}, {info['loops']} loops, {info['bytes'] / 2**20:.1f} MiB, "
               f"exported in {info['seconds']:.1f} s")
     if json_path is not None:
         write_json(json_path, {"checkpoint": str(args.checkpoint), "engines": report})
@@ -111,10 +112,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--config", choices=list_models(), help="fail unless the checkpoint holds this config")
     export.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="fp16/bf16: weights and products in that precision, sensitive steps fp32; "
-                             "int8: image engine quantized (ONNX Runtime dynamic int8), text engine fp32")
+                             "int8: image engine quantized for ONNX Runtime on CPUs (dynamic int8), text engine fp32; "
+                             "int8-qdq/fp8: image engine quantized for TensorRT (Q/DQ, calibrated on "
+                             "--calibration-images; fp8 needs Ada/Hopper), text engine fp16")
+    export.add_argument("--calibration-images", metavar="DIR",
+                        help="int8-qdq/fp8: a folder of your images (e.g. 100-500 of the kind you serve) to set the "
+                             "activation scales from")
     export.add_argument("--class-chunk", type=positive_int,
                         help="SVFR classes per loop iteration in the graph (default: the config's; more = fewer "
-                             "iterations, more memory)")
+                             "iterations, more memory); a chunk that covers --max-classes leaves the loop out")
+    export.add_argument("--max-classes", type=positive_int, default=MAX_CLASSES,
+                        help=f"the largest vocabulary the engines take (default {MAX_CLASSES}); with --class-chunk "
+                             "as large, the image engine has no loop (TensorRT fuses the SVFR math)")
     export.add_argument("--json", help="write what was exported (paths, sizes, seconds) as JSON here")
     export.set_defaults(func=cmd_export)
     parity = commands.add_parser("parity", help="compare exported engines (or PyTorch at low precision) with the "

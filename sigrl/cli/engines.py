@@ -13,7 +13,8 @@ def cmd_build_engines(args: argparse.Namespace) -> int:
     engines, out = Path(args.engines), Path(args.out)
     options = BuildOptions(workspace_gb=args.workspace_gb, hardware_compat=args.hardware_compat,
                            timing_cache=Path(args.timing_cache) if args.timing_cache else None,
-                           builder_optimization_level=args.builder_optimization_level)
+                           builder_optimization_level=args.builder_optimization_level,
+                           version_compatible=args.version_compatible)
     try:
         record = build_plans(engines, out, options)
     except TensorRTUnavailable as err:  # one line: what is missing, and how to build without sigrl
@@ -22,10 +23,11 @@ def cmd_build_engines(args: argparse.Namespace) -> int:
               "(TensorRT 11.x: the same without --stronglyTyped)", file=sys.stderr)
         return 1
     for build in record.engines.values():
-        print(f"{out / build.plan}: {build.precision}, class chunk {build.class_chunk}, "
+        print(f"{out / build.plan}: {build.precision}, class chunk {build.class_chunk}, {build.loops} loops, "
               f"{build.plan_bytes / 2**20:.1f} MiB, built in {build.build_seconds:.1f} s")
         print(f"  equivalent: {build.trtexec}")
-    print(f"{out / BUILD_RECORD}: TensorRT {record.tensorrt_version}, {record.gpu_name} "
+    print(f"{out / BUILD_RECORD}: TensorRT {record.tensorrt_version}"
+          f"{' (version-compatible)' if record.version_compatible else ''}, {record.gpu_name} "
           f"(compute capability {record.compute_capability}), hardware compatibility {record.hardware_compat}")
     return 0
 
@@ -41,4 +43,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                        help="ampere+: one plan for every Ampere or newer GPU (may run slower)")
     build.add_argument("--builder-optimization-level", type=int,
                        help="0-5 (TensorRT's default 3): higher builds longer and may run faster")
+    build.add_argument("--version-compatible", action="store_true",
+                       help="plans that also load in later TensorRT releases (lean runtime inside; may run slower; "
+                            "Triton needs --backend-config=tensorrt,version-compatible=true)")
     build.set_defaults(func=cmd_build_engines)

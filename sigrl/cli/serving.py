@@ -18,18 +18,26 @@ if TYPE_CHECKING:
 
 
 def cmd_triton_repo(args: argparse.Namespace) -> int:
+    from sigrl.deploy.tensorrt import BuildRecord, serving_tensorrt
     from sigrl.serving.protocol import EntryLimits
     from sigrl.serving.repository import Instances, build_repository
 
+    tensorrt_version = serving_tensorrt(args.triton_container, args.tensorrt_version)
+    if args.runtime == "tensorrt" and tensorrt_version is None:
+        raise UsageError("--runtime tensorrt needs --triton-container TAG or --tensorrt-version X.Y.Z: a plan loads "
+                         "only in the TensorRT it was built with (or, built --version-compatible, a later one)")
     caps = {name: getattr(args, name) for name in EntryLimits.__dataclass_fields__ if getattr(args, name) is not None}
     instances = Instances(entry=args.entry_instances, engines=args.engine_instances, gpus=tuple(args.gpus))
+    plans = [Path(p) for p in args.plans]
     repo = build_repository(Path(args.engines), args.runtime, Path(args.out), max_batch=args.max_batch,
                             queue_delay_us=args.queue_delay_us, overwrite=args.overwrite,
-                            plans=[Path(p) for p in args.plans], ort_tensorrt=args.ort_tensorrt,
+                            plans=plans, ort_tensorrt=args.ort_tensorrt,
                             ort_tensorrt_cache=args.ort_tensorrt_cache, entry_engines=args.entry_engines,
                             thresholds=read_thresholds_file(args.thresholds) if args.thresholds else None,
-                            threads=args.threads, instances=instances, **caps)
+                            threads=args.threads, instances=instances, tensorrt_version=tensorrt_version, **caps)
     print(f"Triton model repository ({args.runtime} runtime) written to {repo}")
+    if args.runtime == "tensorrt" and any(BuildRecord.load(p).version_compatible for p in plans or [Path(args.engines)]):
+        print("the plans are version-compatible: start Triton with --backend-config=tensorrt,version-compatible=true")
     return 0
 
 
@@ -278,6 +286,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     repo.add_argument("--overwrite", action="store_true", help="replace an existing repository")
     repo.add_argument("--plans", nargs="+", default=[], metavar="DIR",
                       help="tensorrt: `sigrl build-engines` folders, one per compute capability (default: --engines)")
+    repo.add_argument("--triton-container", metavar="TAG",
+                      help="tensorrt: the NVIDIA Triton container that will serve the plans (e.g. 24.05-py3); plans "
+                           "its TensorRT cannot load are refused")
+    repo.add_argument("--tensorrt-version", metavar="X.Y.Z",
+                      help="tensorrt: the TensorRT of the Triton that will serve the plans (instead of --triton-container)")
     repo.add_argument("--ort-tensorrt", choices=("FP32", "FP16", "BF16", "INT8"), metavar="PRECISION_MODE",
                       help="onnxruntime: ONNX Runtime's TensorRT accelerator, FP32|FP16|BF16|INT8 (FP32: graph types)")
     repo.add_argument("--ort-tensorrt-cache", metavar="DIR", help="--ort-tensorrt engine cache folder on the server")

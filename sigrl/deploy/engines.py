@@ -16,11 +16,20 @@ import numpy as np
 
 from sigrl.bpe import CONTEXT_LENGTH, EOT_TOKEN_ID, SOT_TOKEN_ID
 from sigrl.config import SigRLConfig
+from sigrl.registry import MAX_CLASSES
 
 if TYPE_CHECKING:  # torch only where an engine is exported: the served models read the specs without it
     import torch
 
 Shape = tuple[int | str, ...]
+OPT_CLASSES = 81  # the C TensorRT optimises for (NUS-WIDE's unseen labels), or the largest C where that is less
+
+
+def _class_range(opt_classes: int, max_classes: int) -> tuple[int, int, int]:
+    """(min, opt, max) of the class axis C; ValueError for a largest C below 1."""
+    if max_classes < 1:
+        raise ValueError(f"--max-classes must be a positive number of labels, got {max_classes}")
+    return 1, min(opt_classes, max_classes), max_classes
 
 
 @dataclass(frozen=True)
@@ -125,12 +134,12 @@ class TextGMCEngine(EngineSpec):
     file_name = "text_gmc.onnx"
     TOKEN_IDS, LABEL_EMB, GRAPH_EMB = "token_ids", "label_emb", "graph_emb"
 
-    def __init__(self, config: SigRLConfig, max_classes: int = 1024, opt_classes: int = 81) -> None:
+    def __init__(self, config: SigRLConfig, max_classes: int = MAX_CLASSES, opt_classes: int = OPT_CLASSES) -> None:
         dim = config.embed_dim
         super().__init__(
             inputs=(TensorSpec(self.TOKEN_IDS, "int32", ("C", "L")),),
             outputs=(TensorSpec(self.LABEL_EMB, "float32", ("C", dim)), TensorSpec(self.GRAPH_EMB, "float32", ("C", dim))),
-            axis_ranges={"C": (1, opt_classes, max_classes), "L": (2, 16, CONTEXT_LENGTH)},
+            axis_ranges={"C": _class_range(opt_classes, max_classes), "L": (2, 16, CONTEXT_LENGTH)},
         )
         self.example_classes = 2 * config.gmc_node_chunk + 3  # > 2 chunks, not a multiple (see graphs.py)
 
@@ -151,14 +160,14 @@ class ImageSVFREngine(EngineSpec):
     file_name = "image_svfr.onnx"
     IMAGES, LABEL_EMB, GRAPH_EMB, SCORES = "images", TextGMCEngine.LABEL_EMB, TextGMCEngine.GRAPH_EMB, "scores"
 
-    def __init__(self, config: SigRLConfig, max_batch: int = 32, opt_batch: int = 8, max_classes: int = 1024,
-                 opt_classes: int = 81) -> None:
+    def __init__(self, config: SigRLConfig, max_batch: int = 32, opt_batch: int = 8, max_classes: int = MAX_CLASSES,
+                 opt_classes: int = OPT_CLASSES) -> None:
         size, dim = config.vision_cfg["image_size"], config.embed_dim
         super().__init__(
             inputs=(TensorSpec(self.IMAGES, "float32", ("B", 3, size, size)),
                     TensorSpec(self.LABEL_EMB, "float32", ("C", dim)), TensorSpec(self.GRAPH_EMB, "float32", ("C", dim))),
             outputs=(TensorSpec(self.SCORES, "float32", ("B", "C")),),
-            axis_ranges={"B": (1, opt_batch, max_batch), "C": (1, opt_classes, max_classes)},
+            axis_ranges={"B": (1, opt_batch, max_batch), "C": _class_range(opt_classes, max_classes)},
         )
         self.example_classes = 2 * config.class_chunk + 3
         self.image_size, self.dim = size, dim
@@ -173,6 +182,6 @@ class ImageSVFREngine(EngineSpec):
                 torch.randn(shape, generator=generator), torch.randn(shape, generator=generator))
 
 
-def engine_specs(config: SigRLConfig) -> tuple[TextGMCEngine, ImageSVFREngine]:
-    """Both engines of a model configuration, with the default axis ranges."""
-    return TextGMCEngine(config), ImageSVFREngine(config)
+def engine_specs(config: SigRLConfig, max_classes: int = MAX_CLASSES) -> tuple[TextGMCEngine, ImageSVFREngine]:
+    """Both engines of a model configuration for vocabularies of up to ``max_classes`` labels."""
+    return TextGMCEngine(config, max_classes=max_classes), ImageSVFREngine(config, max_classes=max_classes)

@@ -1,12 +1,17 @@
-"""Graph passes applied to exported ONNX engines: closed Scan bodies, int8 quantization, per-image loops.
+"""Graph passes applied to exported ONNX engines: Scan bodies, int8 quantization, per-image loops.
 
 - :func:`close_scan_bodies`: the dynamo exporter's ``Scan`` bodies read weights and activations from
-  the enclosing graph (outer-scope captures). Some importers cannot (OpenVINO crashes on them) and
-  others are on safer ground without them, so every Scan body is made closed: a captured initializer
-  becomes the body's own (moved when only that body reads it, copied otherwise), so weights stay
-  constants runtimes can pre-pack and reduce axes stay initializers as TensorRT requires; everything
-  else it reads becomes an explicit loop-carried input passed through unchanged. Nested bodies are
-  closed first.
+  the enclosing graph (outer-scope captures). A captured initializer becomes the body's own (moved
+  when only that body reads it, copied otherwise), so weights stay constants runtimes can pre-pack and
+  reduce axes stay initializers as TensorRT requires. With ``carry_activations`` the body is closed
+  completely: everything else it reads becomes an explicit loop-carried input passed through
+  unchanged, for CPU runtimes that fail on captures (OpenVINO crashes on them). Graphs meant for
+  TensorRT keep activations captured: there a carried input is one more loop-carried tensor per
+  iteration for nothing. Nested bodies are handled first.
+- :func:`prune_scans`: drops what a loop would carry for nothing: Scan outputs nobody reads, loop
+  states that only pass a placeholder through (torch's ``scan`` needs a carry where a loop has none),
+  the nodes and initializers left without readers, and empty per-output attribute lists (ONNX
+  Runtime's quantizer cannot read them).
 - :func:`quantize_int8`: ONNX Runtime's dynamic quantization (int8 weights per channel, int8
   activations with scales computed at run time), Scan bodies included.
 - :func:`per_image_loop`: dynamic quantization computes one activation scale over a whole tensor, so
@@ -61,14 +66,13 @@ def _rename_uses(graph: onnx.GraphProto, old: str, new: str) -> None:
             value.name = new
 
 
-def _close_scan(node: onnx.NodeProto, outer: onnx.GraphProto, users: dict[str, int]) -> None:
-    body = next(attr.g for attr in node.attribute if attr.name == "body")
+def _close_scan(node: onnx.NodeProto, outer: onnx.GraphProto, users: dict[str, int], carry_activations: bool) -> None:
+    body = scan_body(node)
     captured = sorted(free_names(body))
     if not captured:
         return
     outer_inits = {t.name: t for t in outer.initializer}
-    num_scan_inputs = next(attr.i for attr in node.attribute if attr.name == "num_scan_inputs")
-    num_states = len(node.input) - num_scan_inputs
+    num_states = len(node.input) - _attribute(node, "num_scan_inputs").i
     num_state_outputs = num_states  # body/node outputs: states first, then scan outputs
     new_node_inputs, new_body_inputs, new_body_outputs, new_node_outputs, passes = [], [], [], [], []
     for name in captured:
@@ -77,6 +81,8 @@ def _close_scan(node: onnx.NodeProto, outer: onnx.GraphProto, users: dict[str, i
             body.initializer.append(init)
             if users.get(name, 0) == 1:
                 outer.initializer.remove(init)
+            continue
+        if not carry_activations:  # activations stay captured: the body reads them from the enclosing graph
             continue
         inner, carried = f"{name}{_PASS_SUFFIX}_in", f"{name}{_PASS_SUFFIX}_out"
         _rename_uses(body, name, inner)
@@ -99,17 +105,19 @@ def _insert(container, index: int, items: list) -> None:
     tail = list(container)[index:]
     del container[index:]
     for item in (*items, *tail):
-        if isinstance(item, str):
+        if isinstance(item, (str, int)):
             container.append(item)
         else:
             container.add().CopyFrom(item)
 
 
-def close_scan_bodies(graph: onnx.GraphProto) -> None:
-    """Make every Scan body in ``graph`` (recursively) read nothing from its enclosing graph."""
+def close_scan_bodies(graph: onnx.GraphProto, carry_activations: bool = True) -> None:
+    """Give every Scan body in ``graph`` (recursively) its own copy of the initializers it reads; with
+    ``carry_activations`` also pass every other captured value in as a loop-carried input, so that the
+    body reads nothing from its enclosing graph."""
     for node in graph.node:
         for sub in _subgraphs(node):
-            close_scan_bodies(sub)
+            close_scan_bodies(sub, carry_activations)
     users: dict[str, int] = {}
     for node in graph.node:
         reads = set(node.input) | set().union(*(free_names(sub) for sub in _subgraphs(node)))
@@ -117,7 +125,7 @@ def close_scan_bodies(graph: onnx.GraphProto) -> None:
             users[name] = users.get(name, 0) + 1
     for node in graph.node:
         if node.op_type == "Scan":
-            _close_scan(node, graph, users)
+            _close_scan(node, graph, users, carry_activations)
     read = _used_names(graph) | {v.name for v in graph.output}
     for init in [t for t in graph.initializer if t.name not in read]:  # copied into every loop that read it
         graph.initializer.remove(init)
@@ -165,6 +173,127 @@ def scan_bodies(graph: onnx.GraphProto) -> Iterable[onnx.GraphProto]:
             if node.op_type == "Scan":
                 yield sub
             yield from scan_bodies(sub)
+
+
+def count_loops(graph: onnx.GraphProto) -> int:
+    """How many loops (Scan and Loop nodes, nested ones included) ``graph`` holds."""
+    return sum((node.op_type in ("Scan", "Loop")) + sum(count_loops(sub) for sub in _subgraphs(node))
+               for node in graph.node)
+
+
+def _attribute(node: onnx.NodeProto, name: str) -> onnx.AttributeProto | None:
+    return next((attr for attr in node.attribute if attr.name == name), None)
+
+
+def scan_body(node: onnx.NodeProto) -> onnx.GraphProto:
+    """The body graph of a Scan node."""
+    return _attribute(node, "body").g
+
+
+def add_scan_output(node: onnx.NodeProto, value: str, output: str) -> None:
+    """Make ``value`` (computed in the Scan's body each iteration) a new scan output named ``output``: the
+    values of all iterations stacked on axis 0. Keeps the per-output attributes, where present, aligned."""
+    num_outputs = len(node.output) - (len(node.input) - _attribute(node, "num_scan_inputs").i)
+    for name in ("scan_output_axes", "scan_output_directions"):
+        attr = _attribute(node, name)
+        if attr is not None and len(attr.ints) == num_outputs:
+            attr.ints.append(0)
+    scan_body(node).output.append(helper.make_empty_tensor_value_info(value))
+    node.output.append(output)
+
+
+def _identity_chain(graph: onnx.GraphProto, name: str) -> tuple[str, list[onnx.NodeProto]]:
+    """The value ``name`` copies through Identity nodes in ``graph``, and those Identity nodes."""
+    producers = {out: node for node in graph.node for out in node.output}
+    chain = []
+    while name in producers and producers[name].op_type == "Identity":
+        chain.append(producers[name])
+        name = chain[-1].input[0]
+    return name, chain
+
+
+def _placeholder_states(node: onnx.NodeProto, body: onnx.GraphProto, read: set[str]) -> list[int]:
+    """Loop states of a Scan that carry a placeholder: the body passes the state through unchanged
+    (Identity nodes only), reads it for nothing else, and nobody reads its final value."""
+    num_states = len(node.input) - _attribute(node, "num_scan_inputs").i
+    found = []
+    for i in range(num_states):
+        source, chain = _identity_chain(body, body.output[i].name)
+        if source != body.input[i].name or node.output[i] in read:
+            continue
+        carried = {source} | {n.output[0] for n in chain}
+        other_outputs = {v.name for j, v in enumerate(body.output) if j != i}
+        readers = [n for n in body.node if n not in chain and carried & (set(n.input) | _captures(n))]
+        if not readers and not carried & other_outputs:
+            found.append(i)
+    return found
+
+
+def _captures(node: onnx.NodeProto) -> set[str]:
+    """What the subgraphs of ``node`` read from the graph around it."""
+    return set().union(*(free_names(sub) for sub in _subgraphs(node)))
+
+
+def _keep_only(container, indices_to_drop: set[int]) -> None:
+    """Remove the items at ``indices_to_drop`` from a protobuf repeated field."""
+    kept = [item for i, item in enumerate(container) if i not in indices_to_drop]
+    del container[:]
+    _insert(container, 0, kept)
+
+
+def _prune_scan(node: onnx.NodeProto, read: set[str]) -> bool:
+    """Drop the unread scan outputs and the placeholder states of one Scan node; True if it changed."""
+    body = scan_body(node)
+    num_states = len(node.input) - _attribute(node, "num_scan_inputs").i
+    states = set(_placeholder_states(node, body, read))
+    outputs = {j for j in range(len(node.output) - num_states) if node.output[num_states + j] not in read}
+    emptied = False
+    for attr_name in ("scan_output_axes", "scan_output_directions"):
+        attr = _attribute(node, attr_name)
+        if attr is not None and attr.ints:
+            _keep_only(attr.ints, outputs)
+        if attr is not None and not attr.ints:  # an empty list means the default; some tools cannot read it
+            node.attribute.remove(attr)
+            emptied = True
+    dropped = states | {num_states + j for j in outputs}
+    _keep_only(node.input, states)
+    _keep_only(body.input, states)
+    _keep_only(node.output, dropped)
+    _keep_only(body.output, dropped)
+    return bool(dropped) or emptied
+
+
+def _drop_unread(graph: onnx.GraphProto, keep: set[str]) -> bool:
+    """Remove the nodes (last to first) and initializers nothing in ``keep`` depends on; True if any went."""
+    needed, kept = set(keep), []
+    for node in reversed(graph.node):
+        if needed & set(node.output):
+            kept.append(node)
+            needed |= set(node.input) | _captures(node)
+    unread = [t for t in graph.initializer if t.name not in needed]
+    changed = len(kept) != len(graph.node) or bool(unread)
+    if len(kept) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(reversed(kept))
+    for init in unread:
+        graph.initializer.remove(init)
+    return changed
+
+
+def prune_scans(graph: onnx.GraphProto, keep: set[str] | None = None) -> bool:
+    """Drop every Scan output nobody reads, every placeholder loop state (:func:`_placeholder_states`),
+    and the nodes and initializers this leaves unread, in ``graph`` and every nested body, until nothing
+    changes. ``keep``: names that must stay (default: the graph's outputs). True if anything went."""
+    keep = {v.name for v in graph.output} if keep is None else keep
+    pruned = False
+    while True:
+        changed = any([prune_scans(sub) for node in graph.node for sub in _subgraphs(node)])
+        read = _used_names(graph) | keep
+        changed |= any([_prune_scan(node, read) for node in graph.node if node.op_type == "Scan"])
+        changed |= _drop_unread(graph, keep)
+        if not changed:
+            return pruned
+        pruned = True
 
 
 def strip_value_info(model: onnx.ModelProto) -> None:

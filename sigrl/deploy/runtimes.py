@@ -8,6 +8,7 @@ instead of repeating code per runtime.
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from abc import ABC, abstractmethod
@@ -15,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from sigrl.deploy.engines import ImageSVFREngine, TextGMCEngine, engine_specs
+from sigrl.deploy.engines import MAX_CLASSES, ImageSVFREngine, TextGMCEngine, engine_specs
 from sigrl.deploy.onnx_export import read_metadata
 from sigrl.model import SigRL, SigRLConfig
-from sigrl.precision import FLOAT_DTYPES, cast_model, check_precision
+from sigrl.precision import FLOAT_DTYPES, QUANTIZED_BASE, cast_model, check_precision
 from sigrl.registry import PRECISIONS, RUNTIMES
 from sigrl.tokenizer import trim_token_ids
 
@@ -84,7 +86,10 @@ class TorchRuntime(EngineRuntime):
     def __init__(self, model: SigRL, device: str | torch.device = "cpu", precision: str = "fp32") -> None:
         check_precision(precision, tuple(FLOAT_DTYPES))
         self.device = torch.device(device)
-        self.model = cast_model(model.eval(), precision).to(self.device)
+        cast = cast_model(model.eval(), precision)
+        if cast is model and not _on_device(model, self.device):  # never move the caller's model (fp32 is not copied)
+            cast = copy.deepcopy(model)
+        self.model = cast.to(self.device)
         self.dtype = FLOAT_DTYPES[precision]
         self.engine_precisions = {"text_gmc": precision, "image_svfr": precision}
 
@@ -103,6 +108,12 @@ class TorchRuntime(EngineRuntime):
         return self.model.score_images(*tensors).float().cpu().numpy()
 
 
+def _on_device(model: nn.Module, device: torch.device) -> bool:
+    """Whether the model's parameters are on ``device`` (``cuda`` without an index means the current GPU)."""
+    where = next(model.parameters()).device
+    return where.type == device.type and (device.index is None or where.index == device.index)
+
+
 def engine_config(engine_dir: str | Path) -> SigRLConfig:
     """The model configuration recorded in the exported engines' metadata (clear error if they are missing)."""
     engine_dir = Path(engine_dir)
@@ -113,6 +124,14 @@ def engine_config(engine_dir: str | Path) -> SigRLConfig:
     if "config" not in metadata:
         raise ValueError(f"{engine_dir / TextGMCEngine.file_name} has no sigrl metadata: not exported by sigrl")
     return SigRLConfig(**json.loads(metadata["config"]))
+
+
+def engine_dir_specs(engine_dir: str | Path) -> tuple[TextGMCEngine, ImageSVFREngine]:
+    """The specs of the engines in ``engine_dir``: their configuration and the class range they were exported
+    for (``sigrl.axis_ranges``; engines without it take the default)."""
+    config = engine_config(engine_dir)  # names missing engines first
+    ranges = json.loads(read_metadata(Path(engine_dir) / TextGMCEngine.file_name).get("axis_ranges", "{}"))
+    return engine_specs(config, ranges.get("C", (1, 0, MAX_CLASSES))[2])
 
 
 def engine_precisions(engine_dir: str | Path) -> dict[str, str]:
@@ -172,7 +191,7 @@ class OnnxRuntime(EngineRuntime):
     def _read_engines(self, engine_dir: str | Path) -> Path:
         """Set the engine specs and precisions from the engines' metadata; returns the folder as a Path."""
         engine_dir = Path(engine_dir)
-        self.text_spec, self.image_spec = engine_specs(engine_config(engine_dir))
+        self.text_spec, self.image_spec = engine_dir_specs(engine_dir)
         self.engine_precisions = engine_precisions(engine_dir)
         return engine_dir
 
@@ -226,9 +245,9 @@ def create_runtime(kind: str, *, model: SigRL | None = None, engines: str | Path
     if kind == "torch":
         if model is None:
             raise ValueError("the torch runtime needs a checkpoint")
-        if precision == "int8":
-            raise ValueError("int8 is a precision of exported engines (ONNX Runtime), not of the PyTorch model: "
-                             "export with --precision int8 and pass --engines")
+        if precision in QUANTIZED_BASE:
+            raise ValueError(f"{precision} is a precision of exported engines, not of the PyTorch model: "
+                             f"export with --precision {precision} and pass --engines")
         torch_device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         return TorchRuntime(model, torch_device, precision or "fp32")
     if engines is None:
@@ -250,7 +269,9 @@ class TensorRTRuntime(EngineRuntime):
 
     ``plan_dir`` holds the plans and their ``build_record.json``. Buffers are torch CUDA tensors, the
     input shapes are set on every call (one execution context serves every size in the profile), and
-    inputs are checked against the engine spec and against the profile the plan itself reports.
+    inputs are checked against the engine spec and against the profile the plan itself reports. Each
+    plan runs on a stream of its own (on the default stream TensorRT adds synchronisations). Plans built
+    version-compatible carry TensorRT's lean runtime, whose host code the runtime is allowed to run.
     :attr:`precision` is the precision recorded at build time, the tolerance parity applies.
     TensorRT is imported here, so this module imports without it.
     """
@@ -269,7 +290,8 @@ class TensorRTRuntime(EngineRuntime):
                                f"torch.cuda.is_available() = {torch.cuda.is_available()}")
         trt = import_tensorrt()
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.text_spec, self.image_spec = engine_specs(SigRLConfig(**self.record.config))
+        runtime.engine_host_code_allowed = self.record.version_compatible
+        self.text_spec, self.image_spec = engine_specs(SigRLConfig(**self.record.config), self.record.max_classes)
         self.plans = {}
         for spec in (self.text_spec, self.image_spec):
             build = self.record.engines.get(spec.name)
@@ -312,6 +334,7 @@ class _TensorRTPlan:
             raise ValueError(f"{path} has tensors {names}, the {spec.name} engine "
                              f"{spec.input_names} -> {spec.output_names}")
         self.spec, self.device = spec, device
+        self.stream = torch.cuda.Stream(device)
         self.dtypes = {n: _TORCH_DTYPES[self.engine.get_tensor_dtype(n).name] for n in names}
         self.profile = {n: [tuple(s) for s in self.engine.get_tensor_profile_shape(n, 0)] for n in inputs}
 
@@ -323,9 +346,8 @@ class _TensorRTPlan:
             if not all(lo <= d <= hi for d, lo, hi in zip(array.shape, low, high)):
                 raise ValueError(f"{self.spec.name}: input {name!r} has shape {list(array.shape)}, outside the "
                                  f"plan's profile {list(low)} .. {list(high)}")
-        tensors = {}
-        with torch.cuda.device(self.device):
-            stream = torch.cuda.current_stream(self.device)
+        tensors = {}  # kept alive until the stream is done with them
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):  # copies and kernels on one stream
             for name, array in feeds.items():
                 tensors[name] = torch.from_numpy(array).to(self.device, self.dtypes[name]).contiguous()
                 if not self.context.set_input_shape(name, tuple(tensors[name].shape)):
@@ -333,9 +355,12 @@ class _TensorRTPlan:
                 self.context.set_tensor_address(name, tensors[name].data_ptr())
             for name in self.spec.output_names:
                 shape = tuple(self.context.get_tensor_shape(name))
+                if any(dim < 0 for dim in shape):  # -1: a dimension the input shapes did not determine
+                    raise RuntimeError(f"{self.spec.name}: TensorRT left output {name!r} at shape {list(shape)} for "
+                                       f"inputs {({n: list(a.shape) for n, a in feeds.items()})}")
                 tensors[name] = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
                 self.context.set_tensor_address(name, tensors[name].data_ptr())
-            if not self.context.execute_async_v3(stream.cuda_stream):
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError(f"{self.spec.name}: TensorRT execution failed (see its log above)")
-            stream.synchronize()
-        return [tensors[n].float().cpu().numpy() for n in self.spec.output_names]
+            self.stream.synchronize()
+            return [tensors[n].float().cpu().numpy() for n in self.spec.output_names]

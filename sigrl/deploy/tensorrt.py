@@ -2,9 +2,10 @@
 
 One plan per engine (``text_gmc.plan``, ``image_svfr.plan``), one optimisation profile per plan taken
 from the engine spec's min/opt/max ranges, and ``build_record.json`` beside them: TensorRT version,
-GPU and compute capability, the precision and class chunk read from the ONNX metadata, the profiles,
-the ONNX SHA-256 and the build seconds. Triton configs and :class:`~sigrl.deploy.runtimes.TensorRTRuntime`
-read the record back, so a plan is never used with engines it was not built from.
+GPU and compute capability, the precision, class chunk and loop count read from the ONNX graph and
+metadata, the profiles, the ONNX SHA-256 and the build seconds. Triton configs and
+:class:`~sigrl.deploy.runtimes.TensorRTRuntime` read the record back, so a plan is never used with
+engines it was not built from, nor (:func:`serving_problems`) by a Triton whose TensorRT cannot load it.
 
 Precision comes from the graph: the network is strongly typed (opted into on TensorRT 10.x, always on
 in 11.x, which removed the FP16/BF16/INT8 builder flags) and TF32 is turned off, so a plan computes in
@@ -21,20 +22,27 @@ import shutil
 import tempfile
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from sigrl.deploy.engines import EngineSpec, engine_specs
+import onnx
+
+from sigrl.deploy.engines import EngineSpec
 from sigrl.deploy.onnx_export import file_sha256, read_metadata
-from sigrl.deploy.runtimes import engine_config, engine_precisions
+from sigrl.deploy.onnx_passes import count_loops
+from sigrl.deploy.runtimes import engine_config, engine_dir_specs, engine_precisions
 from sigrl.precision import PRECISIONS
 
 PLAN_SUFFIX = ".plan"
 BUILD_RECORD = "build_record.json"
-RECORD_SCHEMA = "sigrl.tensorrt-build/1"
+RECORD_SCHEMA = "sigrl.tensorrt-build/2"
 HARDWARE_COMPAT = ("none", "ampere+")
 _HARDWARE_COMPAT_ENUM = {"ampere+": "AMPERE_PLUS"}  # HardwareCompatibilityLevel member per --hardware-compat
+# Precisions TensorRT builds, and the compute capability each needs: bf16 from Ampere (8.0), FP8 from Ada and
+# Hopper (8.9). The dynamic int8 graph (ONNX Runtime's MatMulInteger, DynamicQuantizeLinear) is for the CPU.
+PLAN_PRECISIONS = {"fp32": (0, 0), "fp16": (0, 0), "bf16": (8, 0), "int8-qdq": (0, 0), "fp8": (8, 9)}
 
 
 class TensorRTUnavailable(RuntimeError):
@@ -42,7 +50,8 @@ class TensorRTUnavailable(RuntimeError):
 
 
 class OnnxParseError(ValueError):
-    """TensorRT's ONNX parser rejected a graph; the message lists each error with its node."""
+    """TensorRT's ONNX parser rejected a graph; the message (one line, as the CLI prints one line) lists
+    every error with its node's index, name and operator."""
 
 
 @dataclass(frozen=True)
@@ -59,13 +68,15 @@ class TensorRTFeatures:
     weak_typing: bool
     tf32_flag: bool = True
     hardware_compat: bool = True
+    version_compatible: bool = True
 
     @classmethod
     def detect(cls, trt: ModuleType) -> TensorRTFeatures:
         """The features of an imported ``tensorrt`` module."""
         return cls(version=trt.__version__, weak_typing=hasattr(trt.BuilderFlag, "FP16"),
                    tf32_flag=hasattr(trt.BuilderFlag, "TF32"),
-                   hardware_compat=hasattr(trt, "HardwareCompatibilityLevel"))
+                   hardware_compat=hasattr(trt, "HardwareCompatibilityLevel"),
+                   version_compatible=hasattr(trt.BuilderFlag, "VERSION_COMPATIBLE"))
 
 
 # The documented feature sets, for printing commands where TensorRT is not installed.
@@ -81,6 +92,7 @@ class BuildOptions:
     timing_cache: Path | None = None
     hardware_compat: str = "none"
     builder_optimization_level: int | None = None
+    version_compatible: bool = False
 
     def check(self) -> None:
         """ValueError naming the option that is out of range."""
@@ -108,7 +120,8 @@ def trtexec_command(spec: EngineSpec, onnx_path: Path, plan_path: Path, features
 
     Flags follow trtexec's documented options: the three shape flags, ``--stronglyTyped`` only where
     networks are weakly typed by default (10.x), ``--noTF32`` where TF32 is a builder flag, the
-    workspace pool in MiB, and the optional timing cache, hardware compatibility and optimisation level.
+    workspace pool in MiB, and the optional timing cache, hardware compatibility, optimisation level and
+    version compatibility.
     """
     profile = spec.profile()
 
@@ -128,6 +141,8 @@ def trtexec_command(spec: EngineSpec, onnx_path: Path, plan_path: Path, features
         parts.append(f"--hardwareCompatibilityLevel={options.hardware_compat}")
     if options.builder_optimization_level is not None:
         parts.append(f"--builderOptimizationLevel={options.builder_optimization_level}")
+    if options.version_compatible:
+        parts.append("--versionCompatible")
     parts.append("--skipInference")
     return " ".join(parts)
 
@@ -148,6 +163,7 @@ class EngineBuild:
     onnx_sha256: str
     precision: str
     class_chunk: int
+    loops: int
     inputs: dict[str, dict[str, Any]]
     outputs: dict[str, dict[str, Any]]
     profile: dict[str, dict[str, list[int]]]
@@ -157,7 +173,7 @@ class EngineBuild:
 
     @classmethod
     def describe(cls, spec: EngineSpec, onnx_path: Path, plan_name: str, trtexec: str) -> EngineBuild:
-        """The record of ``spec``'s plan before it is built: interface, profile, metadata, ONNX hash."""
+        """The record of ``spec``'s plan before it is built: interface, profile, metadata, loops, ONNX hash."""
         metadata = read_metadata(onnx_path)
         config = json.loads(metadata["config"])
         precision = metadata.get("precision", "fp32")
@@ -165,7 +181,8 @@ class EngineBuild:
             raise ValueError(f"{onnx_path} records precision {precision!r}, not one of {PRECISIONS}")
         return cls(engine=spec.name, plan=plan_name, onnx=onnx_path.name, onnx_sha256=file_sha256(onnx_path),
                    precision=precision, class_chunk=int(metadata.get("class_chunk", config["class_chunk"])),
-                   **_interface(spec), profile=profile_shapes(spec), trtexec=trtexec)
+                   loops=count_loops(onnx.load(str(onnx_path)).graph), **_interface(spec),
+                   profile=profile_shapes(spec), trtexec=trtexec)
 
     def matches(self, spec: EngineSpec) -> list[str]:
         """How this plan's interface or profile differs from ``spec`` (empty when it fits)."""
@@ -186,6 +203,7 @@ class BuildRecord:
 
     tensorrt_version: str
     strongly_typed: bool
+    version_compatible: bool
     gpu_name: str
     compute_capability: str
     cuda_version: str | None
@@ -194,6 +212,7 @@ class BuildRecord:
     workspace_gb: float
     config_name: str
     config: dict[str, Any]
+    max_classes: int
     engines: dict[str, EngineBuild] = field(default_factory=dict)
     schema: str = RECORD_SCHEMA
 
@@ -280,13 +299,19 @@ def _gpu() -> tuple[str, str, str | None]:
     return torch.cuda.get_device_name(), f"{major}.{minor}", torch.version.cuda
 
 
+def parse_errors(errors: list[Any]) -> str:
+    """TensorRT ONNX parser errors (``IParserError``) as one line: each with its node's index, name and
+    operator, its code and its description (newlines in it folded)."""
+    return "; ".join(f"node {e.node()} '{e.node_name()}' ({e.node_operator()}): {e.code()}: "
+                     + " ".join(str(e.desc()).split()) for e in errors)
+
+
 def _parse(trt: ModuleType, parser: Any, onnx_path: Path) -> None:
-    """Parse ``onnx_path``; OnnxParseError listing each parser error with its node name and operator."""
+    """Parse ``onnx_path``; OnnxParseError listing every parser error (see :func:`parse_errors`)."""
     if parser.parse_from_file(str(onnx_path)):
         return
     errors = [parser.get_error(i) for i in range(parser.num_errors)]
-    lines = [f"node {e.node()} '{e.node_name()}' ({e.node_operator()}): {e.code()}: {e.desc()}" for e in errors]
-    raise OnnxParseError(f"TensorRT {trt.__version__} cannot parse {onnx_path}:\n  " + "\n  ".join(lines))
+    raise OnnxParseError(f"TensorRT {trt.__version__} cannot parse {onnx_path}: {parse_errors(errors)}")
 
 
 def _build_plan(trt: ModuleType, features: TensorRTFeatures, spec: EngineSpec, onnx_path: Path,
@@ -308,6 +333,8 @@ def _build_plan(trt: ModuleType, features: TensorRTFeatures, spec: EngineSpec, o
         config.hardware_compatibility_level = level
     if options.builder_optimization_level is not None:
         config.builder_optimization_level = options.builder_optimization_level
+    if options.version_compatible:  # the plan carries TensorRT's lean runtime (see serving_problems)
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     if not config.set_timing_cache(config.create_timing_cache(timing_cache), ignore_mismatch=False):
         raise ValueError(f"the timing cache {options.timing_cache} comes from another GPU or TensorRT version: "
                          "delete it or pass another --timing-cache")
@@ -325,20 +352,21 @@ def _build_plan(trt: ModuleType, features: TensorRTFeatures, spec: EngineSpec, o
 def plan_commands(engines: Path, out: Path, features: TensorRTFeatures = TENSORRT_10,
                   options: BuildOptions = BuildOptions()) -> dict[str, str]:
     """Per engine, the trtexec command that builds its plan into ``out``."""
-    specs = engine_specs(engine_config(engines))
+    specs = engine_dir_specs(engines)
     return {s.name: trtexec_command(s, engines / s.file_name, out / f"{s.name}{PLAN_SUFFIX}", features, options)
             for s in specs}
 
 
-def load_plans(engines: str | Path, plan_dir: str | Path) -> BuildRecord:
-    """The build record of the plans in ``plan_dir``, checked against the engines in ``engines``.
+def load_plans(engines: str | Path, plan_dir: str | Path, serving_tensorrt: str | None = None) -> BuildRecord:
+    """The build record of the plans in ``plan_dir``, checked against the engines in ``engines`` and, given
+    ``serving_tensorrt``, against the TensorRT of the Triton that will serve them (:func:`serving_problems`).
 
     FileNotFoundError naming what is missing and how to build it; ValueError when a plan was built for
-    another interface or profile, at another precision than the engine's metadata, or from other ONNX
-    files (SHA-256): a plan is never served with engines it was not built from.
+    another interface or profile, at another precision than the engine's metadata, from other ONNX
+    files (SHA-256), or with a TensorRT the server cannot load it in.
     """
     engines, plan_dir = Path(engines), Path(plan_dir)
-    specs = engine_specs(engine_config(engines))
+    specs = engine_dir_specs(engines)
     needed = [p for p in [*(plan_dir / f"{s.name}{PLAN_SUFFIX}" for s in specs), plan_dir / BUILD_RECORD]
               if not p.is_file()]
     if needed:
@@ -357,7 +385,85 @@ def load_plans(engines: str | Path, plan_dir: str | Path) -> BuildRecord:
             problems.append(f"was built from another {spec.file_name} (SHA-256 {build.onnx_sha256[:12]}...)")
         if problems:
             raise ValueError(f"{plan_dir / BUILD_RECORD}: {spec.name} " + "; ".join(problems))
+    if serving_tensorrt is not None and (problems := serving_problems(record, serving_tensorrt)):
+        raise ValueError(f"{plan_dir / BUILD_RECORD}: " + "; ".join(problems))
     return record
+
+
+@dataclass(frozen=True)
+class TritonRelease:
+    """The TensorRT (and CUDA) an NVIDIA Triton container ships, and where that fact comes from."""
+
+    tag: str
+    tensorrt: str
+    cuda: str | None
+    source: str
+
+
+def triton_releases() -> dict[str, TritonRelease]:
+    """``sigrl/deploy/data/triton_tensorrt.json``: Triton container tags whose TensorRT could be checked."""
+    text = resources.files("sigrl.deploy.data").joinpath("triton_tensorrt.json").read_text("utf-8")
+    return {row["tag"]: TritonRelease(**row) for row in json.loads(text)["containers"]}
+
+
+def _version(text: str, flag: str = "TensorRT version") -> tuple[int, ...]:
+    """``10.13.3.9`` as (10, 13, 3, 9); ValueError naming ``flag`` unless it is major.minor.patch[.build]."""
+    parts = text.strip().split(".")
+    if not 3 <= len(parts) <= 4 or not all(part.isdigit() for part in parts):
+        raise ValueError(f"{flag} must be major.minor.patch[.build] (e.g. 10.13.3), got {text!r}")
+    return tuple(map(int, parts))
+
+
+def serving_tensorrt(triton_container: str | None = None, tensorrt_version: str | None = None) -> str | None:
+    """The TensorRT version of the Triton that will serve plans: ``tensorrt_version`` as given, or the one
+    ``triton_container`` (an NGC tag such as ``24.05-py3``) ships; None when neither is given."""
+    if triton_container is not None and tensorrt_version is not None:
+        raise ValueError("give either --triton-container or --tensorrt-version, not both")
+    if tensorrt_version is not None:
+        _version(tensorrt_version, "--tensorrt-version")
+        return tensorrt_version
+    if triton_container is None:
+        return None
+    releases = triton_releases()
+    tag = triton_container.removeprefix("nvcr.io/nvidia/tritonserver:")
+    if tag not in releases:
+        raise ValueError(f"--triton-container {triton_container}: sigrl does not know that container's TensorRT "
+                         f"(it knows {', '.join(sorted(releases))}); pass --tensorrt-version X.Y.Z instead, as "
+                         f'`docker run --rm nvcr.io/nvidia/tritonserver:{tag} bash -c "dpkg -l | grep tensorrt"` '
+                         "shows it")
+    return releases[tag].tensorrt
+
+
+def serving_problems(record: BuildRecord, serving: str) -> list[str]:
+    """Why a Triton with TensorRT ``serving`` cannot load plans built as ``record`` says (empty if it can).
+
+    A plan loads only in the TensorRT release it was built with. A version-compatible plan (TensorRT's
+    ``VERSION_COMPATIBLE`` flag, which embeds its lean runtime) also loads in later releases of the same
+    major version, and 10.x ones in 11.x (8.x in 10.x), never in earlier ones; Triton's TensorRT backend
+    loads them only when started with ``--backend-config=tensorrt,version-compatible=true``.
+    """
+    built, served = _version(record.tensorrt_version, "build_record.json tensorrt_version"), _version(serving)
+    if not record.version_compatible:
+        common = min(len(built), len(served))
+        if built[:common] != served[:common]:
+            return [f"plans built with TensorRT {record.tensorrt_version} load only in that TensorRT, and the "
+                    f"server has {serving}: build them with the server's TensorRT, or with --version-compatible"]
+        return []
+    same_major = built[0] == served[0] and served >= built
+    if built >= (8, 6) and (same_major or (built[0], served[0]) in ((8, 10), (10, 11))):
+        return []
+    return [f"version-compatible plans built with TensorRT {record.tensorrt_version} load in that release or a "
+            f"later one of the same major version (10.x also in 11.x), not in the server's {serving}"]
+
+
+def check_plan_precisions(engines: Path) -> dict[str, str]:
+    """Each engine's precision, or ValueError for one TensorRT does not build (the CPU-only dynamic int8)."""
+    precisions = engine_precisions(engines)
+    if "int8" in precisions.values():
+        raise ValueError(f"{engines} holds int8 engines: ONNX Runtime's dynamic quantization (MatMulInteger, "
+                         "DynamicQuantizeLinear), which TensorRT cannot import; for TensorRT export with "
+                         "--precision int8-qdq (or fp8) --calibration-images DIR")
+    return precisions
 
 
 def describe_build(engines: Path, out: Path, features: TensorRTFeatures, options: BuildOptions,
@@ -365,13 +471,14 @@ def describe_build(engines: Path, out: Path, features: TensorRTFeatures, options
     """The record of building the plans of ``engines`` into ``out`` on ``gpu`` (name, compute capability,
     CUDA version), before the build: everything but the seconds and sizes, which the build fills in."""
     config = engine_config(engines)
-    specs = engine_specs(config)
-    record = BuildRecord(tensorrt_version=features.version, strongly_typed=True, gpu_name=gpu[0],
+    specs = engine_dir_specs(engines)
+    record = BuildRecord(tensorrt_version=features.version, strongly_typed=True,
+                         version_compatible=options.version_compatible, gpu_name=gpu[0],
                          compute_capability=gpu[1], cuda_version=gpu[2], hardware_compat=options.hardware_compat,
                          builder_optimization_level=options.builder_optimization_level,
                          workspace_gb=options.workspace_gb,
                          config_name=read_metadata(engines / specs[0].file_name).get("config_name", ""),
-                         config=config.to_dict())
+                         config=config.to_dict(), max_classes=specs[0].axis_ranges["C"][2])
     for spec in specs:
         plan_name = f"{spec.name}{PLAN_SUFFIX}"
         command = trtexec_command(spec, engines / spec.file_name, out / plan_name, features, options)
@@ -387,15 +494,21 @@ def build_plans(engines: str | Path, out: str | Path, options: BuildOptions = Bu
     """
     engines, out = Path(engines), Path(out)
     options.check()
-    specs = engine_specs(engine_config(engines))
-    if "int8" in engine_precisions(engines).values():
-        raise ValueError(f"{engines} holds int8 engines (ONNX Runtime dynamic quantization, which TensorRT does not "
-                         "import): build plans from an fp32, fp16 or bf16 export")
+    specs = engine_dir_specs(engines)
+    precisions = check_plan_precisions(engines)
     trt = import_tensorrt()
     features = TensorRTFeatures.detect(trt)
     if options.hardware_compat != "none" and not features.hardware_compat:
         raise ValueError(f"TensorRT {features.version} has no hardware compatibility levels (--hardware-compat)")
-    record = describe_build(engines, out, features, options, _gpu())
+    if options.version_compatible and not features.version_compatible:
+        raise ValueError(f"TensorRT {features.version} cannot build version-compatible plans (--version-compatible)")
+    gpu = _gpu()
+    for precision in set(precisions.values()):
+        need = PLAN_PRECISIONS[precision]
+        if tuple(map(int, gpu[1].split("."))) < need:
+            raise ValueError(f"{precision} plans need a GPU of compute capability {need[0]}.{need[1]} or newer; "
+                             f"{gpu[0]} has {gpu[1]}")
+    record = describe_build(engines, out, features, options, gpu)
     cache_path = options.timing_cache
     timing_cache = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""
 

@@ -33,9 +33,9 @@ import numpy as np
 from google.protobuf import text_encoding, text_format
 
 from sigrl.bpe import VOCAB_FILE, clip_bpe, default_vocab_file
-from sigrl.deploy.engines import EngineSpec, engine_specs
+from sigrl.deploy.engines import EngineSpec
 from sigrl.deploy.onnx_export import read_metadata
-from sigrl.deploy.runtimes import engine_config, engine_precisions
+from sigrl.deploy.runtimes import engine_dir_specs, engine_precisions
 from sigrl.deploy.tensorrt import BuildRecord, load_plans
 from sigrl.preprocess import EvalTransform
 from sigrl.serving.backend import ImageSVFRModel, SigRLModel, TextGMCModel
@@ -222,25 +222,25 @@ def _shim(model_class: type) -> str:
             f"from {model_class.__module__} import {model_class.__name__} as TritonPythonModel  # noqa: F401\n")
 
 
-def _engine_files(engines: Path, runtime: Runtime, specs: Sequence[EngineSpec],
-                  plans: Sequence[Path] = ()) -> dict[str, list[tuple[Path, str]]]:
+def _engine_files(engines: Path, runtime: Runtime, specs: Sequence[EngineSpec], plans: Sequence[Path] = (),
+                  tensorrt_version: str | None = None) -> dict[str, list[tuple[Path, str]]]:
     """Per engine model: the files to copy and their names in ``1/`` (see :func:`_plan_files` for TensorRT)."""
     if runtime == "python":  # the backend models load <engine>.onnx from their version folder
         return {s.name: [(engines / s.file_name, s.file_name)] for s in specs}
     if runtime == "onnxruntime":
         return {s.name: [(engines / s.file_name, "model.onnx")] for s in specs}
-    return _plan_files(engines, specs, plans or [engines])
+    return _plan_files(engines, specs, plans or [engines], tensorrt_version)
 
 
-def _plan_files(engines: Path, specs: Sequence[EngineSpec],
-                plan_dirs: Sequence[Path]) -> dict[str, list[tuple[Path, str]]]:
-    """The plans of each folder in ``plan_dirs``, checked by :func:`~sigrl.deploy.tensorrt.load_plans`. One
-    folder: ``model.plan``; several (one per compute capability): ``model_sm<cc>.plan``, which Triton picks
-    through ``cc_model_filenames``."""
+def _plan_files(engines: Path, specs: Sequence[EngineSpec], plan_dirs: Sequence[Path],
+                tensorrt_version: str | None = None) -> dict[str, list[tuple[Path, str]]]:
+    """The plans of each folder in ``plan_dirs``, checked by :func:`~sigrl.deploy.tensorrt.load_plans` (against
+    the serving TensorRT where ``tensorrt_version`` is given). One folder: ``model.plan``; several (one per
+    compute capability): ``model_sm<cc>.plan``, which Triton picks through ``cc_model_filenames``."""
     files: dict[str, list[tuple[Path, str]]] = {s.name: [] for s in specs}
     capabilities: dict[str, Path] = {}
     for plan_dir in map(Path, plan_dirs):
-        record = load_plans(engines, plan_dir)
+        record = load_plans(engines, plan_dir, tensorrt_version)
         if record.compute_capability in capabilities:
             raise ValueError(f"{plan_dir} and {capabilities[record.compute_capability]} both hold plans for compute "
                              f"capability {record.compute_capability}")
@@ -259,10 +259,12 @@ def _plan_capabilities(files: Sequence[tuple[Path, str]]) -> list[str]:
 
 
 def _check_runtime_options(runtime: Runtime, plans: Sequence[Path], ort_tensorrt: str | None,
-                           ort_tensorrt_cache: str | None) -> None:
+                           ort_tensorrt_cache: str | None, tensorrt_version: str | None = None) -> None:
     """ValueError when an option is given to a runtime that does not use it."""
     if plans and runtime != "tensorrt":
         raise ValueError("plans (--plans) are served by the tensorrt runtime only")
+    if tensorrt_version and runtime != "tensorrt":
+        raise ValueError("the serving TensorRT (--triton-container, --tensorrt-version) checks plans: tensorrt runtime only")
     if (ort_tensorrt or ort_tensorrt_cache) and runtime != "onnxruntime":
         raise ValueError("ONNX Runtime's TensorRT accelerator (--ort-tensorrt) needs the onnxruntime runtime")
     if ort_tensorrt_cache and not ort_tensorrt:
@@ -332,6 +334,7 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
                      overwrite: bool = False, plans: Sequence[Path] = (), ort_tensorrt: str | None = None,
                      ort_tensorrt_cache: str | None = None, entry_engines: EntryEngines | None = None,
                      thresholds: Thresholds | None = None, threads: int = 0, instances: Instances = Instances(),
+                     tensorrt_version: str | None = None,
                      **caps: int) -> Path:
     """Write a Triton model repository for the engines in ``engines`` (``sigrl export``) to ``out``.
 
@@ -344,7 +347,8 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
     ``queue_delay_us`` is how long the dynamic batcher may hold a request for others. A non-empty ``out`` is
     replaced only with ``overwrite``. Returns ``out``.
     ``plans``: folders of ``sigrl build-engines`` for the tensorrt runtime (default ``engines``), one per
-    compute capability; ``ort_tensorrt``: a precision_mode that turns on ONNX Runtime's TensorRT
+    compute capability, refused unless the TensorRT of the serving Triton, ``tensorrt_version`` (when
+    given), can load them; ``ort_tensorrt``: a precision_mode that turns on ONNX Runtime's TensorRT
     accelerator for the onnxruntime runtime, with its engine cache in ``ort_tensorrt_cache``.
     ``entry_engines``: how ``sigrl`` runs the engines: ``local``, in its own ONNX Runtime sessions (python
     runtime only, its default: no hop to another stub per request, at the cost of a second copy of each
@@ -360,8 +364,7 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
     if unknown:
         raise TypeError(f"build_repository() got unknown caps {unknown}")
     engines, out = Path(engines), Path(out)
-    config = engine_config(engines)
-    text_spec, image_spec = specs = engine_specs(config)
+    text_spec, image_spec = specs = engine_dir_specs(engines)
     metadata = read_metadata(engines / text_spec.file_name)
     template, vocabulary = metadata["prompt_template"], json.loads(metadata["vocabulary"])
     class_max, batch_max = text_spec.axis_ranges["C"][2], image_spec.axis_ranges["B"][2]
@@ -379,14 +382,14 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
     instances.check(runtime)
     preprocess = _preprocess_params(metadata, image_spec.image_size)
     _check_target(out, overwrite)
-    _check_runtime_options(runtime, plans, ort_tensorrt, ort_tensorrt_cache)
+    _check_runtime_options(runtime, plans, ort_tensorrt, ort_tensorrt_cache, tensorrt_version)
     entry_engines = entry_engines or ("local" if runtime == "python" else "bls")
     if entry_engines not in ENTRY_ENGINES:
         raise ValueError(f"entry_engines must be one of {ENTRY_ENGINES}, got {entry_engines!r}")
     if entry_engines == "local" and runtime != "python":
         raise ValueError(f"the entry model runs the engines itself (--entry-engines local) only with the python "
                          f"runtime; the {runtime} runtime serves them on the GPU through BLS")
-    files = _engine_files(engines, runtime, specs, plans)
+    files = _engine_files(engines, runtime, specs, plans, tensorrt_version)
     extra = _engine_extras(runtime, files, ort_tensorrt, ort_tensorrt_cache)
     precisions = engine_precisions(engines)
     if runtime == "python" and "bf16" in precisions.values():
