@@ -1,0 +1,168 @@
+"""What a cluster runs, run here: the Deployment's own Triton command line (on the bundled Triton, a tiny repository,
+loopback ports) serves, keeps the admin APIs shut, and the readiness check goes false when a python stub dies; and the
+client rides out a server that is not up yet or restarts, through a ``dns:///`` round-robin channel."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pytriton", reason='needs nvidia-pytriton (pip install -c constraints.txt -e ".[serve]")')
+
+import tritonclient.grpc as grpcclient  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from sigrl.serving import health  # noqa: E402
+from sigrl.serving.client import SigRLClient  # noqa: E402
+from sigrl.serving.kubernetes import VOLUME_MOUNT, ClusterSpec, manifests  # noqa: E402
+from sigrl.serving.server import (  # noqa: E402
+    SHM_DIR,
+    TritonServer,
+    find_tritonserver,
+    free_port,
+    install_flags,
+    live_stub_processes,
+    prepare_backend_dir,
+    server_env,
+)
+from test_serving_server import ADD_ONE_CONFIG, ADD_ONE_MODEL, http_status, wait_for, write_model  # noqa: E402
+
+SPEC = ClusterSpec(repo_uri="pvc://models/repo", image="sigrl-triton:test", triton_tag="25.10-py3", gpus=0)
+
+
+def local_command(args: list[str], repo: Path, ports: dict[str, int], workdir: Path, shm_prefix: str) -> list[str]:
+    """The Deployment's container command with what differs on this machine only: the bundled binary for the image's
+    ``tritonserver``, the repository's local path for the volume, loopback and free ports for the pod's, and the
+    flags this install needs (:func:`~sigrl.serving.server.install_flags`)."""
+    local = []
+    for arg in args:
+        flag, _, value = arg.partition("=")
+        if flag == "--model-repository":
+            assert value == VOLUME_MOUNT
+            value = str(repo)
+        elif flag.endswith("-address"):
+            assert value == "0.0.0.0"
+            value = "127.0.0.1"
+        elif flag.endswith("-port"):
+            value = str(ports[flag.removeprefix("--").removesuffix("-port")])
+        local.append(f"{flag}={value}" if value else arg)
+    return [str(find_tritonserver()), *local, *install_flags(prepare_backend_dir(workdir / "backends"), shm_prefix)]
+
+
+@pytest.fixture
+def deployed(tmp_path):
+    """The generated Deployment's Triton, started as its container would start it, on a repository of an add-one
+    python model with two instances: (process, HTTP URL, gRPC address)."""
+    repo = tmp_path / "repo"
+    write_model(repo, "add_one", ADD_ONE_CONFIG.format(name="add_one").replace("count: 1", "count: 2"), ADD_ONE_MODEL)
+    container = manifests(SPEC)["deployment.yaml"]["spec"]["template"]["spec"]["containers"][0]
+    ports = {name: free_port() for name in ("grpc", "http", "metrics")}
+    shm_prefix = f"sigrl_cluster_test_{os.getpid()}_"
+    command = local_command(container["command"][1:] + container["args"], repo, ports, tmp_path, shm_prefix)
+    assert container["command"] == ["tritonserver"]
+    log = open(tmp_path / "triton.log", "wb")
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=server_env(), cwd=tmp_path,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{ports['http']}"
+    try:
+        ready = wait_for(lambda: proc.poll() is None and not health.problems(url, "ready", models=[]), timeout=120)
+        assert ready, (tmp_path / "triton.log").read_text()[-3000:]
+        yield proc, url, f"127.0.0.1:{ports['grpc']}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        log.close()
+        for path in SHM_DIR.glob(f"{shm_prefix}*"):
+            path.unlink(missing_ok=True)
+
+
+def test_the_deployments_command_serves_keeps_admin_apis_shut_and_fails_readiness_on_a_dead_stub(deployed, capsys):
+    proc, url, grpc_url = deployed
+    with grpcclient.InferenceServerClient(grpc_url) as client:
+        data = np.arange(4, dtype=np.float32)[None]
+        tensor = grpcclient.InferInput("INPUT0", list(data.shape), "FP32")
+        tensor.set_data_from_numpy(data)
+        assert np.array_equal(client.infer("add_one", [tensor]).as_numpy("OUTPUT0"), data + 1)
+        with pytest.raises(InferenceServerException, match="restricted"):
+            client.update_log_settings({"log_verbose_level": 1})
+    assert http_status(f"{url}/v2/logging", "POST", b'{"log_verbose_level": 1}') == 403
+    assert http_status(f"{url}/v2/repository/index", "POST", b"{}") == 403
+
+    for endpoint in ("ready", "live"):  # the probes' check, as the pod runs it
+        assert health.main(["add_one", "--endpoint", endpoint, "--url", url, "--pid", str(proc.pid)]) == 0
+    stubs = live_stub_processes(proc.pid)
+    assert sorted(stubs.values()) == ["add_one_0_0", "add_one_0_1"]
+    os.kill(next(iter(stubs)), signal.SIGKILL)
+    assert wait_for(lambda: len(live_stub_processes(proc.pid)) == 1, timeout=10)
+    assert http_status(f"{url}/v2/health/ready") == 200  # what Triton alone says
+    capsys.readouterr()
+    assert health.main(["add_one", "--url", url, "--pid", str(proc.pid)]) == 1
+    assert capsys.readouterr().err.strip() == "not ready: model add_one: 1 of 2 python stubs alive"
+    assert health.problems(url, "live", ["add_one", "text_gmc"], pid=proc.pid) == [
+        "model add_one: 1 of 2 python stubs alive"]  # a model the repository lacks is no problem
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert health.problems(url, "ready", ["add_one"], pid=proc.pid) == ["/v2/health/ready answered nothing"]
+
+
+def call_in_background(call) -> tuple[threading.Thread, list]:
+    """Run ``call`` in a thread; its result (or exception) lands in the returned list. (The server starts in this
+    thread: Triton dies with the thread that started it.)"""
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except Exception as err:  # noqa: BLE001  (handed to the test, which asserts on it)
+            outcome.append(err)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def test_the_client_retries_until_the_server_is_up_and_across_a_restart(tmp_path):
+    """Connection reuse, retries of UNAVAILABLE with backoff and a deadline per call, against a real server that is
+    not up at the first call and later restarts on the same ports; the address is a dns:/// round-robin target."""
+    repo = tmp_path / "repo"
+    write_model(repo, "sigrl", ADD_ONE_CONFIG.format(name="sigrl"), ADD_ONE_MODEL)  # answers as the entry model
+    ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
+    server = TritonServer(repo, **ports)
+    client = SigRLClient(f"dns:///localhost:{ports['grpc_port']}", timeout_s=10, retries=9, backoff_s=0.25)
+    try:
+        started = time.monotonic()
+        thread, outcome = call_in_background(client.is_ready)
+        time.sleep(2.0)  # the client meets UNAVAILABLE meanwhile, and retries
+        server.start()
+        thread.join()
+        assert outcome == [True] and time.monotonic() - started >= 2.0
+        assert client.max_batch_size() == 8
+
+        server.stop()
+        impatient = SigRLClient(client.url, timeout_s=5, retries=0)
+        with pytest.raises(ConnectionError, match="no Triton server at dns:///localhost"):
+            impatient.is_ready()  # nothing up and no retries: one clear error
+        impatient.close()
+        thread, outcome = call_in_background(client.is_ready)
+        time.sleep(1.0)
+        server.start()  # on the same ports
+        thread.join()
+        assert outcome == [True]  # the same client and channel, reconnected
+    finally:
+        client.close()
+        server.stop()
