@@ -4,6 +4,8 @@ client rides out a server that is not up yet or restarts, through a ``dns:///`` 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("pytriton", reason='needs nvidia-pytriton (pip install -c constraints.txt -e ".[serve]")')
 
@@ -56,24 +59,22 @@ def local_command(args: list[str], repo: Path, ports: dict[str, int], workdir: P
     return [str(find_tritonserver()), *local, *install_flags(prepare_backend_dir(workdir / "backends"), shm_prefix)]
 
 
-@pytest.fixture
-def deployed(tmp_path):
-    """The generated Deployment's Triton, started as its container would start it, on a repository of an add-one
-    python model with two instances: (process, HTTP URL, gRPC address)."""
-    repo = tmp_path / "repo"
-    write_model(repo, "add_one", ADD_ONE_CONFIG.format(name="add_one").replace("count: 1", "count: 2"), ADD_ONE_MODEL)
+@contextlib.contextmanager
+def deployment_command(repo: Path, workdir: Path):
+    """The generated Deployment's Triton, started as its container would start it (the pod's /dev/shm: a
+    region prefix of its own here), serving ``repo``: (process, HTTP URL, gRPC address)."""
     container = manifests(SPEC)["deployment.yaml"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["tritonserver"]
     ports = {name: free_port() for name in ("grpc", "http", "metrics")}
     shm_prefix = f"sigrl_cluster_test_{os.getpid()}_"
-    command = local_command(container["command"][1:] + container["args"], repo, ports, tmp_path, shm_prefix)
-    assert container["command"] == ["tritonserver"]
-    log = open(tmp_path / "triton.log", "wb")
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=server_env(), cwd=tmp_path,
+    command = local_command(container["command"][1:] + container["args"], repo, ports, workdir, shm_prefix)
+    log = open(workdir / "triton.log", "wb")
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=server_env(), cwd=workdir,
                             start_new_session=True)
     url = f"http://127.0.0.1:{ports['http']}"
     try:
-        ready = wait_for(lambda: proc.poll() is None and not health.problems(url, "ready", models=[]), timeout=120)
-        assert ready, (tmp_path / "triton.log").read_text()[-3000:]
+        ready = wait_for(lambda: proc.poll() is None and not health.problems(url, "ready", models=[]), timeout=240)
+        assert ready, (workdir / "triton.log").read_text()[-3000:]
         yield proc, url, f"127.0.0.1:{ports['grpc']}"
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -89,6 +90,15 @@ def deployed(tmp_path):
         log.close()
         for path in SHM_DIR.glob(f"{shm_prefix}*"):
             path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def deployed(tmp_path):
+    """The Deployment's command on a repository of an add-one python model with two instances."""
+    repo = tmp_path / "repo"
+    write_model(repo, "add_one", ADD_ONE_CONFIG.format(name="add_one").replace("count: 1", "count: 2"), ADD_ONE_MODEL)
+    with deployment_command(repo, tmp_path) as running:
+        yield running
 
 
 def test_the_deployments_command_serves_keeps_admin_apis_shut_and_fails_readiness_on_a_dead_stub(deployed, capsys):
@@ -118,6 +128,26 @@ def test_the_deployments_command_serves_keeps_admin_apis_shut_and_fails_readines
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
     assert health.problems(url, "ready", ["add_one"], pid=proc.pid) == ["/v2/health/ready answered nothing"]
+
+
+@pytest.mark.slow
+def test_the_deployments_command_serves_a_sigrl_repository_and_its_probe_counts_every_stub(tiny_engines, tmp_path):
+    """A repository of `sigrl triton-repo` (python runtime, two entry instances): the probe's default models are
+    the repository's, every stub is counted, and the entry model tags an image."""
+    from sigrl.serving.repository import Instances, build_repository
+
+    repo = build_repository(tiny_engines[1], "python", tmp_path / "repo", instances=Instances(entry=2))
+    with deployment_command(repo, tmp_path) as (proc, url, grpc_url):
+        assert health.expected_stubs(url, list(health.DEFAULT_MODELS)) == {"sigrl": 2, "text_gmc": 1, "image_svfr": 1}
+        assert health.main(["--url", url, "--pid", str(proc.pid)]) == 0
+        image = io.BytesIO()
+        Image.new("RGB", (64, 48), (200, 30, 30)).save(image, format="PNG")
+        client = SigRLClient(grpc_url, timeout_s=60)
+        try:
+            [tagging] = client.tag(["red.png"], [image.getvalue()], ["circle", "square"], top_k=1)
+        finally:
+            client.close()
+        assert tagging.error is None and set(tagging.scores) == {"circle", "square"}
 
 
 def call_in_background(call) -> tuple[threading.Thread, list]:

@@ -24,8 +24,8 @@ from sigrl.serving.kubernetes import ClusterSpec, manifests, write_manifests
 from test_cli import one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEC = ClusterSpec(repo_uri="s3://bucket/sigrl-repo", image="registry.example.com/sigrl-triton:1", triton_tag="25.10-py3",
-                   credentials_secret="s3-credentials")
+SPEC = ClusterSpec(repo_uri="s3://bucket/sigrl-repo", image="registry.example.com/sigrl-triton:1",
+                   triton_tag="25.10-py3", credentials_secret="s3-credentials")
 # The oldest Kubernetes the manifests ask for (autoscaling/v2, policy/v1, seccompProfile) and the newest known here.
 KUBERNETES_VERSIONS = ("1.30.0", None)
 
@@ -64,9 +64,10 @@ def test_manifests_pass_the_kubernetes_schemas_in_strict_mode(tmp_path, options,
     kinds = sorted(load(path)["kind"] for path in objects)
     assert kinds == ["Deployment", "HorizontalPodAutoscaler", "NetworkPolicy", "PodDisruptionBudget", "Service",
                      "Service", "ServiceAccount"]
-    result = validate([*objects, tmp_path / "k8s" / "kserve" / "horizontalpodautoscaler.yaml"], version)
-    assert result.returncode == 0 and result.stdout.count(" passed for resource ") == 8, result.stdout + result.stderr
-    assert len(files) == len({*files}) == 12
+    kserve = [tmp_path / "k8s" / "kserve" / name for name in ("horizontalpodautoscaler.yaml", "serviceaccount.yaml")]
+    result = validate([*objects, *kserve], version)
+    assert result.returncode == 0 and result.stdout.count(" passed for resource ") == 9, result.stdout + result.stderr
+    assert len(files) == len({*files}) == 13
 
 
 def test_strict_validation_catches_a_misspelt_field(tmp_path):
@@ -84,8 +85,8 @@ def test_kustomizations_list_every_object_and_kubectl_skips_them(tmp_path):
     out = tmp_path / "k8s"
     top = load(out / "Kustomization")  # no .yaml suffix: `kubectl apply -f DIR` reads the objects only
     assert top["kind"] == "Kustomization" and sorted(top["resources"]) == [p.name for p in k8s_objects(out)]
-    assert sorted(load(out / "kserve" / "Kustomization")["resources"]) == ["horizontalpodautoscaler.yaml",
-                                                                           "inferenceservice.yaml"]
+    assert sorted(load(out / "kserve" / "Kustomization")["resources"]) == [
+        "horizontalpodautoscaler.yaml", "inferenceservice.yaml", "serviceaccount.yaml"]  # Kustomize reads no ../
 
 
 def test_the_container_runs_the_flags_sigrl_serve_runs(monkeypatch):
@@ -209,6 +210,8 @@ def test_deploy_k8s_writes_the_folder_and_says_how_to_build_and_apply(tmp_path, 
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == image
     assert deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
     assert load(out / "horizontalpodautoscaler.yaml")["spec"]["maxReplicas"] == 12
+    assert main(["deploy", "k8s", "--repo-uri", "pvc://claim/repo", "--out", str(tmp_path / "cpu"), "--gpus", "0"]) == 0
+    assert "--build-arg SIGRL_EXTRAS=triton-cpu" in capsys.readouterr().out  # the python runtime's ONNX Runtime
     assert one_line_error(capsys, ["deploy", "k8s", "--repo-uri", "s3://b/r", "--out", str(out)]).endswith(
         f"--out {out} exists and is not an empty folder: pass --overwrite to replace it")
 
@@ -338,6 +341,27 @@ def test_containerfile_builds_from_the_pinned_triton_with_the_wheel_and_the_serv
     assert f"USER {kubernetes.UID}:{kubernetes.UID}" in instructions
     assert 'ENTRYPOINT ["tritonserver"]' in instructions  # what the Deployment's command runs too
     assert (ROOT / ".dockerignore").read_text().splitlines()[-2:] == ["*", "!dist/sigrl-*.whl"]
+
+
+@pytest.mark.slow
+def test_the_containerfiles_install_step_runs_in_a_fresh_environment(tmp_path):
+    """The Containerfile's RUN step itself, in a fresh virtual environment standing in for the Triton image's Python
+    (its paths moved under tmp_path): the wheel without dependencies, the requirements it names, and the served
+    modules importing with those alone, no torch. (Installs from the package index: four small packages.)"""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), str(ROOT)],
+                   check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True)
+    text = (ROOT / "Containerfile").read_text()
+    step = re.search(r"^RUN (.*?[^\\])\n", text, re.S | re.M).group(1).replace("\\\n", "\n")
+    step = step.replace("/tmp/", f"{tmp_path}/").replace("${SIGRL_EXTRAS}", container.SERVED_EXTRA)
+    env = {**os.environ, "PATH": f"{tmp_path / 'venv' / 'bin'}{os.pathsep}{os.environ['PATH']}", "PIP_CONSTRAINT": ""}
+    done = subprocess.run(["bash", "-c", step], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    listed = subprocess.run([str(tmp_path / "venv" / "bin" / "python"), "-m", "pip", "list", "--format", "json"],
+                            capture_output=True, text=True, check=True).stdout
+    installed = {entry["name"].lower() for entry in json.loads(listed)}
+    assert {"sigrl", "numpy", "pillow", "ftfy", "regex"} <= installed and "torch" not in installed
+    assert not (tmp_path / "dist").exists()  # the step cleans up after itself
 
 
 def test_the_triton_table_maps_tensorrt_versions_to_one_tag_each():

@@ -50,6 +50,7 @@ def image_reference(image: str, tag: str) -> str:
 
 
 def cmd_k8s(args: argparse.Namespace) -> int:
+    from sigrl.serving.container import PYTHON_RUNTIME_EXTRA
     from sigrl.serving.kubernetes import ClusterSpec, write_manifests
 
     writable_folder("--out", args.out)
@@ -64,8 +65,9 @@ def cmd_k8s(args: argparse.Namespace) -> int:
     files = write_manifests(spec, Path(args.out), overwrite=args.overwrite)
     out = Path(args.out)
     print(f"{len(files)} files written to {out} (Triton {tag}, image {image})")
+    extras = "" if spec.gpus else f" --build-arg SIGRL_EXTRAS={PYTHON_RUNTIME_EXTRA}"  # CPU: the python runtime
     print(f"build the image:  python -m pip wheel --no-deps -w dist . && "
-          f"docker build -f Containerfile --build-arg TRITON_TAG={tag} -t {image} . && docker push {image}")
+          f"docker build -f Containerfile --build-arg TRITON_TAG={tag}{extras} -t {image} . && docker push {image}")
     print(f"deploy:           kubectl apply -f {out}        (or: kubectl apply -k {out})")
     print(f"or with KServe:   kubectl apply -k {out / 'kserve'}")
     print(f"clients:          sigrl tag --url dns:///{spec.name}-grpc.{spec.namespace}.svc.cluster.local:8001 IMAGES")
@@ -74,7 +76,8 @@ def cmd_k8s(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add ``deploy k8s`` to the ``sigrl`` parser."""
-    deploy = commands.add_parser("deploy", help="deploy a model repository on a cluster (Kubernetes, KServe)")
+    deploy = commands.add_parser("deploy",
+                                 help="manifests that run a model repository on a cluster (Kubernetes, KServe)")
     targets = deploy.add_subparsers(dest="target", required=True, parser_class=type(deploy))
     k8s = targets.add_parser("k8s", help="write Kubernetes manifests that serve a repository on NVIDIA's Triton: "
                                          "Deployment, Services, autoscaler, disruption budget, KServe alternative")
@@ -83,8 +86,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                           "for other S3 stores), gs://BUCKET/PATH, as://ACCOUNT/CONTAINER/PATH, or pvc://CLAIM/PATH")
     k8s.add_argument("--out", required=True, help="folder for the manifests (one file per object)")
     k8s.add_argument("--image", default=DEFAULT_IMAGE,
-                     help="the image built from Containerfile, e.g. registry.example.com/sigrl-triton; without a tag it "
-                          "gets <sigrl version>-triton<release> (default: sigrl-triton)")
+                     help="the image built from Containerfile, e.g. registry.example.com/sigrl-triton; without a tag "
+                          "it gets <sigrl version>-triton<release> (default: sigrl-triton)")
     k8s.add_argument("--plans", nargs="+", default=[], metavar="DIR",
                      help="`sigrl build-engines` folders served by the repository: the Triton release is the one "
                           "shipping the TensorRT of their build record")
@@ -111,7 +114,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     k8s.add_argument("--admin-key-secret", metavar="SECRET",
                      help="Secret whose admin-key opens Triton's restricted APIs to requests carrying it "
                           "(default: they stay closed to everyone)")
-    k8s.add_argument("--image-pull-secret", metavar="SECRET", help="Secret for pulling the image from a private registry")
+    k8s.add_argument("--image-pull-secret", metavar="SECRET",
+                     help="Secret for pulling the image from a private registry")
     k8s.add_argument("--drain-seconds", type=positive_int, default=30,
                      help="how long a stopping replica finishes requests in flight (default 30)")
     k8s.add_argument("--startup-seconds", type=positive_int, default=900,

@@ -78,7 +78,8 @@ def problems(url: str = DEFAULT_URL, endpoint: str = "ready", models: list[str] 
     expected = expected_stubs(url, list(models), timeout)
     if not expected:
         return []
-    alive = Counter(name.rsplit("_", 2)[0] for name in live_stub_processes(server_pid() if pid is None else pid).values())
+    stubs = live_stub_processes(server_pid() if pid is None else pid)
+    alive = Counter(name.rsplit("_", 2)[0] for name in stubs.values())  # instance names are MODEL_GROUP_INDEX
     return [f"model {name}: {alive[name]} of {count} python stubs alive" for name, count in expected.items()
             if alive[name] < count]
 

@@ -166,7 +166,8 @@ def _credentials(spec: ClusterSpec) -> tuple[dict[str, Any], list[Manifest], lis
 
 def _health_probe(endpoint: str, http_port: int, period_s: int, failures: int) -> Manifest:
     """An exec probe running :mod:`sigrl.serving.health` in the container (Triton's endpoint plus live stubs)."""
-    command = ["python3", "-m", "sigrl.serving.health", "--endpoint", endpoint, "--url", f"http://127.0.0.1:{http_port}"]
+    command = ["python3", "-m", "sigrl.serving.health", "--endpoint", endpoint,
+               "--url", f"http://127.0.0.1:{http_port}"]
     return {"exec": {"command": command}, "periodSeconds": period_s, "timeoutSeconds": 10, "failureThreshold": failures}
 
 
@@ -392,7 +393,8 @@ def manifests(spec: ClusterSpec) -> dict[str, Manifest]:
            "service.yaml": service(spec), "service-grpc.yaml": grpc_service(spec),
            "horizontalpodautoscaler.yaml": autoscaler(spec), "poddisruptionbudget.yaml": disruption_budget(spec),
            "networkpolicy.yaml": network_policy(spec)}
-    kserve = {"kserve/inferenceservice.yaml": inference_service(spec),
+    kserve = {"kserve/serviceaccount.yaml": service_account(spec),  # Kustomize reads nothing outside its folder
+              "kserve/inferenceservice.yaml": inference_service(spec),
               "kserve/horizontalpodautoscaler.yaml": autoscaler(spec, f"{spec.name}-predictor")}
     return {**top, "Kustomization": _kustomization(top), **kserve, "kserve/Kustomization": _kustomization(kserve),
             "monitoring/prometheus-adapter-rules.yaml": adapter_rules()}
