@@ -8,6 +8,7 @@ import contextlib
 import io
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -29,7 +30,6 @@ from sigrl.serving.server import (  # noqa: E402
     SHM_DIR,
     TritonServer,
     find_tritonserver,
-    free_port,
     install_flags,
     live_stub_processes,
     prepare_backend_dir,
@@ -38,6 +38,15 @@ from sigrl.serving.server import (  # noqa: E402
 from test_serving_server import ADD_ONE_CONFIG, ADD_ONE_MODEL, http_status, wait_for, write_model  # noqa: E402
 
 SPEC = ClusterSpec(repo_uri="pvc://models/repo", image="sigrl-triton:test", triton_tag="25.10-py3", gpus=0)
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (bound together, so the OS cannot hand out one twice)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 def local_command(args: list[str], repo: Path, ports: dict[str, int], workdir: Path, shm_prefix: str) -> list[str]:
@@ -65,7 +74,7 @@ def deployment_command(repo: Path, workdir: Path):
     region prefix of its own here), serving ``repo``: (process, HTTP URL, gRPC address)."""
     container = manifests(SPEC)["deployment.yaml"]["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["tritonserver"]
-    ports = {name: free_port() for name in ("grpc", "http", "metrics")}
+    ports = dict(zip(("grpc", "http", "metrics"), free_ports(3)))
     shm_prefix = f"sigrl_cluster_test_{os.getpid()}_"
     command = local_command(container["command"][1:] + container["args"], repo, ports, workdir, shm_prefix)
     log = open(workdir / "triton.log", "wb")
@@ -171,7 +180,7 @@ def test_the_client_retries_until_the_server_is_up_and_across_a_restart(tmp_path
     not up at the first call and later restarts on the same ports; the address is a dns:/// round-robin target."""
     repo = tmp_path / "repo"
     write_model(repo, "sigrl", ADD_ONE_CONFIG.format(name="sigrl"), ADD_ONE_MODEL)  # answers as the entry model
-    ports = {"grpc_port": free_port(), "http_port": free_port(), "metrics_port": free_port()}
+    ports = dict(zip(("grpc_port", "http_port", "metrics_port"), free_ports(3)))
     server = TritonServer(repo, **ports)
     client = SigRLClient(f"dns:///localhost:{ports['grpc_port']}", timeout_s=10, retries=9, backoff_s=0.25)
     try:

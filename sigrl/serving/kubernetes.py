@@ -93,18 +93,19 @@ class ClusterSpec:
             if not _NAME.fullmatch(value):
                 raise ValueError(f"{flag} {value!r} must be a DNS label: lower-case letters, digits and '-', "
                                  "at most 40 characters")
-        scheme = self.repo_uri.partition("://")[0]
-        if scheme not in (*CLOUD_SCHEMES, "pvc") or not self.repo_uri.partition("://")[2].strip("/"):
+        if self.scheme not in (*CLOUD_SCHEMES, "pvc") or not self.repo_uri.partition("://")[2].strip("/"):
             raise ValueError(f"--repo-uri {self.repo_uri!r}: give s3://BUCKET/PATH, gs://BUCKET/PATH, "
                              "as://ACCOUNT/CONTAINER/PATH (Triton reads them) or pvc://CLAIM/PATH (a volume)")
-        if scheme == "pvc" and self.credentials_secret:
+        if self.scheme == "pvc" and self.credentials_secret:
             raise ValueError("--credentials-secret is for s3://, gs:// and as:// repositories, not a pvc:// volume")
-        if self.gpus < 0 or self.replicas < 1 or self.max_replicas < self.replicas:
+        if self.gpus < 0 or self.replicas < 1:
+            raise ValueError(f"--gpus must be >= 0 and --replicas >= 1, got {self.gpus} and {self.replicas}")
+        if self.max_replicas < self.replicas:
             raise ValueError(f"--max-replicas {self.max_replicas} must be at least --replicas {self.replicas}")
         if not re.fullmatch(r"\d+(\.\d+)?m?", self.cpu) or float(self.cpu.rstrip("m")) <= 0:
             raise ValueError(f"--cpu {self.cpu!r} is not a CPU quantity: use e.g. 4 or 3500m")
         memory, shm = quantity_bytes("--memory", self.memory), quantity_bytes("--shm-size", self.shm_size)
-        quantity_bytes("--tmp-size", self.tmp_size)
+        quantity_bytes("--tmp-size", self.tmp_size)  # raises on a value that is no size
         if shm >= memory:
             raise ValueError(f"--shm-size {self.shm_size} must be below --memory {self.memory}: /dev/shm lives in "
                              "memory and counts against the container's memory limit")
