@@ -20,13 +20,14 @@ from PIL import Image
 
 pytest.importorskip("pytriton", reason='needs nvidia-pytriton (pip install -c constraints.txt -e ".[serve]")')
 
-import tritonclient.grpc as grpcclient  # noqa: E402
-from tritonclient.utils import InferenceServerException  # noqa: E402
+import tritonclient.grpc as grpcclient
+from test_serving_server import ADD_ONE_CONFIG, ADD_ONE_MODEL, http_status, wait_for, write_model
+from tritonclient.utils import InferenceServerException
 
-from sigrl.serving import health  # noqa: E402
-from sigrl.serving.client import SigRLClient  # noqa: E402
-from sigrl.serving.kubernetes import VOLUME_MOUNT, ClusterSpec, manifests  # noqa: E402
-from sigrl.serving.server import (  # noqa: E402
+from sigrl.serving import health
+from sigrl.serving.client import SigRLClient
+from sigrl.serving.kubernetes import VOLUME_MOUNT, ClusterSpec, manifests
+from sigrl.serving.server import (
     SHM_DIR,
     TritonServer,
     find_tritonserver,
@@ -35,7 +36,6 @@ from sigrl.serving.server import (  # noqa: E402
     prepare_backend_dir,
     server_env,
 )
-from test_serving_server import ADD_ONE_CONFIG, ADD_ONE_MODEL, http_status, wait_for, write_model  # noqa: E402
 
 SPEC = ClusterSpec(repo_uri="pvc://models/repo", image="sigrl-triton:test", triton_tag="25.10-py3", gpus=0)
 
@@ -167,7 +167,7 @@ def call_in_background(call) -> tuple[threading.Thread, list]:
     def run() -> None:
         try:
             outcome.append(call())
-        except Exception as err:  # noqa: BLE001  (handed to the test, which asserts on it)
+        except Exception as err:
             outcome.append(err)
 
     thread = threading.Thread(target=run)

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_cli import one_line_error
 
 from sigrl.cli import main
 from sigrl.serving import container, kubernetes, server
 from sigrl.serving.kubernetes import ClusterSpec, manifests, write_manifests
-from test_cli import one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ClusterSpec(repo_uri="s3://bucket/sigrl-repo", image="registry.example.com/sigrl-triton:1",
@@ -367,7 +367,7 @@ def test_the_containerfiles_install_step_runs_in_a_fresh_environment(tmp_path):
 def test_the_triton_table_maps_tensorrt_versions_to_one_tag_each():
     assert container.triton_tag_for_tensorrt("10.13.3.9") == "25.10-py3" == container.DEFAULT_TRITON_TAG
     assert len({r.tensorrt for r in container.TRITON_RELEASES}) == len(container.TRITON_RELEASES)
-    with pytest.raises(ValueError, match="TensorRT 11.0.0"):
+    with pytest.raises(ValueError, match=r"TensorRT 11\.0\.0"):
         container.triton_tag_for_tensorrt("11.0.0")
 
 

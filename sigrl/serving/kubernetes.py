@@ -25,6 +25,7 @@ import math
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -181,7 +182,7 @@ def _resources(spec: ClusterSpec) -> Manifest:
 
 
 def triton_container(spec: ClusterSpec, args: list[str], http_port: int = HTTP_PORT, grpc_port: int = GRPC_PORT,
-                     mounts: list[Manifest] = ()) -> Manifest:
+                     mounts: Sequence[Manifest] = ()) -> Manifest:
     """The Triton container: image, ``args``, ports, environment, resources, probes and security context."""
     credentials, _, credential_mounts = _credentials(spec)
     env = [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
