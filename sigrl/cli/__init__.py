@@ -1,4 +1,4 @@
-"""The sigrl command: train and evaluate SigRL models, export, compile and serve them, tag images, measure.
+"""The sigrl command: train and evaluate SigRL models, export, compile, serve and deploy them, tag images, measure.
 
 Each command group lives in its own module with a ``register(commands)`` function; this module builds
 the parser from them and turns user mistakes into one line on stderr with exit status 2 (``--debug``
@@ -13,9 +13,9 @@ import os
 import sys
 
 from sigrl import __version__
-from sigrl.cli import bench, calibrate, demo, deploy, engines, serving, training
+from sigrl.cli import bench, calibrate, cluster, demo, deploy, engines, serving, training
 
-COMMAND_GROUPS = (demo, training, deploy, engines, serving, calibrate, bench)
+COMMAND_GROUPS = (demo, training, deploy, engines, serving, cluster, calibrate, bench)
 
 # What a user can fix: bad values (UsageError is a ValueError), missing, unreadable or unwritable files,
 # an address in use or without a server (OSError covers FileNotFoundError, PermissionError, ConnectionError).

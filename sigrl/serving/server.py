@@ -194,6 +194,17 @@ def triton_flags(repository: str, *, host: str, grpc_port: int, http_port: int, 
     ]
 
 
+def install_flags(backend_dir: Path, shm_prefix: str) -> list[str]:
+    """What the Triton bundled in nvidia-pytriton needs besides :func:`triton_flags` (a container has none of it):
+    its python backend laid out by :func:`prepare_backend_dir`, the stubs' shared-memory prefix, and no CUDA."""
+    return [
+        f"--backend-directory={backend_dir}",
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+        "--allow-gpu-metrics=false",
+        "--pinned-memory-pool-byte-size=0",  # no CUDA here: skips a failed pinned-memory allocation
+    ]
+
+
 class TritonServer:
     """A ``tritonserver`` process serving ``repo`` on ``host`` (loopback by default), as a context manager.
 
@@ -325,10 +336,7 @@ class TritonServer:
             *triton_flags(str(self.repo), host=self.host, grpc_port=self._port(self.grpc_port),
                           http_port=self._port(self.http_port), metrics_port=self._port(self.metrics_port),
                           admin_key=self.admin_key, model_control=self.model_control, log_verbose=self.log_verbose),
-            f"--backend-directory={prepare_backend_dir(workdir / 'backends')}",
-            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
-            "--allow-gpu-metrics=false",
-            "--pinned-memory-pool-byte-size=0",  # no CUDA here: skips a failed pinned-memory allocation
+            *install_flags(prepare_backend_dir(workdir / "backends"), self.shm_prefix),
         ]
 
     def _start_once(self, timeout: float) -> None:
@@ -568,6 +576,11 @@ def stub_processes(server_pid: int) -> dict[int, str]:
         if int(fields[1]) == server_pid and argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 8:
             stubs[int(stat.parent.name)] = argv[8].decode(errors="replace")
     return stubs
+
+
+def live_stub_processes(server_pid: int) -> dict[int, str]:
+    """:func:`stub_processes` still running (a killed stub stays a zombie until Triton reaps it)."""
+    return {pid: name for pid, name in stub_processes(server_pid).items() if _alive(pid)}
 
 
 def _command_lines() -> str:
