@@ -25,13 +25,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from train_step_memory import measure as train_step
 
 import sigrl
 from sigrl.bench.flops import count_gflop, gemm_roofline
 from sigrl.bench.report import render_report, write_plots
 from sigrl.bench.results import Row, machine_record, new_results, save_results
 from sigrl.bench.workload import vocabulary
-from train_step_memory import measure as train_step  # noqa: E402 (a sibling script: benchmarks/ is on sys.path)
 
 SOURCE = "gpu_bench"
 
@@ -107,14 +107,14 @@ def image_rows(model: torch.nn.Module, classes: int, batches: list[int], repeats
     for batch in batches:
         images = torch.randn(batch, 3, size, size, device=device)
 
-        def eager() -> object:
+        def eager(images: torch.Tensor = images) -> object:
             return model.score_images(images, label_emb, graph_emb)
 
-        def eager_bf16() -> object:
+        def eager_bf16(images: torch.Tensor = images) -> object:
             with bf16:
                 return model.score_images(images, label_emb, graph_emb)
 
-        def compiled_bf16() -> object:
+        def compiled_bf16(images: torch.Tensor = images) -> object:
             with bf16:
                 return compiled(images, label_emb, graph_emb)
 
@@ -145,7 +145,7 @@ def text_rows(model: torch.nn.Module, classes: int, repeats: int, device: torch.
     with torch.no_grad():
         work = count_gflop(lambda: model.encode_labels(ids))
         for precision, enabled in (("fp32", False), ("bf16", True)):
-            def encode() -> object:
+            def encode(enabled: bool = enabled) -> object:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled):
                     return model.encode_labels(ids)
 
@@ -166,7 +166,8 @@ def main() -> None:
     parser.add_argument("--train-classes", type=int, default=925)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--compile-backend", default="inductor",
-                        help="torch.compile backend (inductor; a CPU check may pass aot_eager to trace without codegen)")
+                        help="torch.compile backend (inductor; a CPU check may pass aot_eager to trace without "
+                             "codegen)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -35,18 +35,20 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 import torch
+from gpu_bench import image_rows, timed
 
 import sigrl
-from gpu_bench import image_rows, timed  # noqa: E402 (a sibling script: benchmarks/ is on sys.path)
 from sigrl.bench.results import machine_record
 from sigrl.checkpoint import load_checkpoint
 from sigrl.deploy.accuracy import evaluate_runtime
+from sigrl.deploy.engines import ImageSVFREngine, TextGMCEngine
 from sigrl.deploy.onnx_export import export_model
 from sigrl.deploy.parity import ParityRow, compare_runtimes, parity_inputs
 from sigrl.deploy.quantization import write_synthetic_images
@@ -76,7 +78,7 @@ class Steps:
             start = time.perf_counter()
             try:
                 record.update(status="ok", result=step())
-            except Exception as err:  # noqa: BLE001 - one failure must not cost the rest of a one-shot GPU run
+            except Exception as err:
                 record.update(status="failed", reason=f"{type(err).__name__}: {err}",
                               traceback=traceback.format_exc().splitlines()[-12:])
             record["seconds"] = round(time.perf_counter() - start, 2)
@@ -199,7 +201,8 @@ class Check:
 
     def readiness(self, config: str, precision: str) -> dict[str, list[str]]:
         folder = self.work / config / precision / "engines"
-        problems = {name: tensorrt_problems(onnx.load(str(folder / f"{name}.onnx"))) for name in ("text_gmc", "image_svfr")}
+        problems = {spec.name: tensorrt_problems(onnx.load(str(folder / spec.file_name)))
+                    for spec in (TextGMCEngine, ImageSVFREngine)}
         if any(problems.values()):
             raise ValueError(f"TensorRT readiness problems: {problems}")
         return problems
@@ -243,16 +246,16 @@ class Check:
             run("train tiny (the recipe, on the device)", self.train_tiny)
         run(f"torch timings ({configs[-1]})", lambda: self.torch_timings(configs[-1]))
         for config in configs:
-            run(f"torch numerics fp16/bf16 ({config})", lambda: self.torch_numerics(config))
+            run(f"torch numerics fp16/bf16 ({config})", partial(self.torch_numerics, config))
         for config in configs:
             for precision in self.args.precisions:
                 label = f"{config} {precision}"
-                exported = run(f"export {label}", lambda: self.export(config, precision))
+                exported = run(f"export {label}", partial(self.export, config, precision))
                 missing = None if exported else "the export did not succeed"
-                run(f"TensorRT readiness {label}", lambda: self.readiness(config, precision), skip=missing)
+                run(f"TensorRT readiness {label}", partial(self.readiness, config, precision), skip=missing)
                 missing = missing or self.trt_missing or self.capability_missing(precision)
-                built = run(f"build plans {label}", lambda: self.build(config, precision), skip=missing)
-                run(f"plans: parity, ΔmAP, latency {label}", lambda: self.plans(config, precision),
+                built = run(f"build plans {label}", partial(self.build, config, precision), skip=missing)
+                run(f"plans: parity, ΔmAP, latency {label}", partial(self.plans, config, precision),
                     skip=missing or (None if built else "the plans were not built"))
 
 

@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from sigrl.bench import workload
+from sigrl.registry import ENTRY_ENGINES
 from sigrl.serving.client import SigRLClient
 from sigrl.serving.measure import InProcessTagger, interleaved_latency, throughput
-from sigrl.serving.repository import ENTRY_ENGINES, build_repository
+from sigrl.serving.repository import build_repository
 from sigrl.serving.server import TritonServer
 from sigrl.serving.triton_runtime import TritonRuntime
 from sigrl.tokenizer import tokenize

@@ -6,14 +6,13 @@ writing never leaves a corrupt file under the final name: the previous good chec
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sigrl.factory import create_model
+from sigrl.files import atomic_file
 from sigrl.model import SigRL
 
 FORMAT = "sigrl-checkpoint-v1"
@@ -21,18 +20,8 @@ FORMAT = "sigrl-checkpoint-v1"
 
 def save_atomic(payload: dict[str, Any], path: str | Path) -> None:
     """torch.save to ``path`` without ever exposing a partly written file under that name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as handle:
+        torch.save(payload, handle)
 
 
 def model_payload(model: SigRL, vocabulary: list[str], **extra: Any) -> dict[str, Any]:

@@ -13,16 +13,16 @@ from sigrl.data import build_dataset
 from sigrl.data.common import MultiLabelDataset, data_loader
 from sigrl.metrics import evaluate_multilabel
 from sigrl.model import SigRL
+from sigrl.registry import EVAL_PRECISIONS
 
 TABLE_COLUMNS = ("P@3", "R@3", "F1@3", "P@5", "R@5", "F1@5", "mAP")
-PRECISIONS = ("fp32", "bf16")
 
 
 def scoring_autocast(device: str | torch.device, precision: str = "fp32") -> torch.autocast:
     """The autocast context scoring runs in: off for ``fp32`` (the paper's protocol; also switches off an
     enclosing autocast), bf16 autocast on the device for ``bf16`` (faster on GPUs, but more tied scores)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in EVAL_PRECISIONS:
+        raise ValueError(f"precision must be one of {EVAL_PRECISIONS}, got {precision!r}")
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
@@ -81,8 +81,8 @@ def evaluate_scorer(scorer: Scorer, image_size: int, data: str, root: str | None
         return {"ZSL": evaluate_multilabel(scores["ZSL"], _labels(zsl)),
                 "GZSL": evaluate_multilabel(scores["GZSL"], _labels(gzsl))}
     dataset = build_dataset(data, split, root, image_size, **dataset_kwargs)
-    scores = scorer(dataset, {"own": dataset.vocabulary})["own"]
-    return {f"{data} {split}": evaluate_multilabel(scores, _labels(dataset))}
+    own = scorer(dataset, {"own": dataset.vocabulary})["own"]
+    return {f"{data} {split}": evaluate_multilabel(own, _labels(dataset))}
 
 
 def evaluate_split(model: SigRL, dataset: MultiLabelDataset, batch_size: int = 64, device: str | torch.device = "cpu",

@@ -8,6 +8,7 @@ The two deployable halves are methods so that export can trace exactly them:
 from __future__ import annotations
 
 import copy
+from typing import Literal, overload
 
 import open_clip
 import torch
@@ -97,6 +98,15 @@ class SigRL(nn.Module):
         tokens = visual.ln_post(x) @ visual.proj
         return tokens[:, 0], tokens[:, 1:]
 
+    @overload
+    def score_images(self, images: torch.Tensor, label_emb: torch.Tensor, graph_emb: torch.Tensor,
+                     return_global: Literal[False] = False) -> torch.Tensor: ...
+    @overload
+    def score_images(self, images: torch.Tensor, label_emb: torch.Tensor, graph_emb: torch.Tensor,
+                     return_global: Literal[True]) -> tuple[torch.Tensor, torch.Tensor]: ...
+    @overload
+    def score_images(self, images: torch.Tensor, label_emb: torch.Tensor, graph_emb: torch.Tensor,
+                     return_global: bool) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
     def score_images(self, images: torch.Tensor, label_emb: torch.Tensor, graph_emb: torch.Tensor,
                      return_global: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Image engine: scores B×C against a vocabulary encoded by :meth:`encode_labels`."""

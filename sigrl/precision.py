@@ -14,12 +14,15 @@ calibrated Q/DQ pairs (TensorRT). A PyTorch model is never quantized.
 from __future__ import annotations
 
 import copy
+from typing import TypeVar
 
 import torch
 from open_clip.transformer import LayerNormFp32
 from torch import nn
 
 from sigrl.registry import PRECISIONS
+
+M = TypeVar("M", bound=nn.Module)
 
 FLOAT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 QUANTIZED_BASE = {"int8": "fp32", "int8-qdq": "fp16", "fp8": "fp16"}  # the float graph each quantized one starts from
@@ -37,7 +40,7 @@ def check_precision(precision: str, allowed: tuple[str, ...] = PRECISIONS) -> st
     return precision
 
 
-def cast_model(model: nn.Module, precision: str) -> nn.Module:
+def cast_model(model: M, precision: str) -> M:
     """A copy of ``model`` with weights in ``precision`` (fp32/fp16/bf16) and every LayerNorm kept in fp32.
 
     fp32 returns the model itself. The copy runs on inputs of its own dtype; SigRL casts its scores

@@ -63,9 +63,11 @@ def test_a_foreign_vocabulary_file_is_refused(tmp_path):
 
 
 def test_served_modules_import_neither_torch_nor_open_clip():
-    """What the python stubs and the client import: no torch (1 GB and seconds per stub), no open_clip."""
+    """What the python stubs and the client import: no torch (1 GB and seconds per stub), no open_clip; nor do
+    the engine-metadata reader, the Triton release table and the container build's helper."""
     modules = ["sigrl.serving.backend", "sigrl.serving.client", "sigrl.serving.entry", "sigrl.serving.images",
-               "sigrl.serving.vocabulary", "sigrl.serving.protocol", "sigrl.bpe", "sigrl.preprocess"]
+               "sigrl.serving.vocabulary", "sigrl.serving.protocol", "sigrl.bpe", "sigrl.preprocess",
+               "sigrl.deploy.metadata", "sigrl.deploy.triton_releases", "sigrl.serving.container"]
     code = (f"import sys\nfor name in {modules!r}: __import__(name)\n"
             "print(sorted(m for m in ('torch', 'open_clip', 'torchvision', 'timm') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -37,7 +37,7 @@ from sigrl.serving.server import (
     server_env,
 )
 
-SPEC = ClusterSpec(repo_uri="pvc://models/repo", image="sigrl-triton:test", triton_tag="25.10-py3", gpus=0)
+SPEC = ClusterSpec(repo_uri="pvc://models/repo", image="sigrl-triton:test", triton_tag="25.01-py3", gpus=0)
 
 
 def free_ports(count: int) -> list[int]:

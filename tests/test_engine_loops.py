@@ -15,10 +15,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 import sigrl
 from sigrl.cli import main
-from sigrl.deploy.onnx_export import read_metadata
+from sigrl.deploy.metadata import ExportedEngines, read_metadata
 from sigrl.deploy.onnx_passes import close_scan_bodies, count_loops, free_names, prune_scans, scan_bodies
 from sigrl.deploy.parity import compare_runtimes, format_rows, parity_inputs
-from sigrl.deploy.runtimes import OnnxReferenceRuntime, OnnxRuntime, TorchRuntime, engine_dir_specs
+from sigrl.deploy.runtimes import OnnxReferenceRuntime, OnnxRuntime, TorchRuntime
 
 
 def _scan_graph() -> onnx.ModelProto:
@@ -113,8 +113,8 @@ def test_the_loop_free_engines_match_pytorch_in_both_evaluators(loop_free_engine
     checkpoint, engines = loop_free_engines
     for name in ("text_gmc", "image_svfr"):
         assert count_loops(onnx.load(str(engines / f"{name}.onnx")).graph) == 0
-        assert json.loads(read_metadata(engines / f"{name}.onnx")["axis_ranges"])["C"] == [1, 32, 32]
-    text_spec, image_spec = engine_dir_specs(engines)
+        assert read_metadata(engines / f"{name}.onnx").axis_ranges["C"] == [1, 32, 32]
+    text_spec, image_spec = ExportedEngines.read(engines).specs()
     assert text_spec.axis_ranges["C"] == image_spec.axis_ranges["C"] == (1, 32, 32)
     model = sigrl.load_checkpoint(checkpoint)
     reference = TorchRuntime(model)
@@ -146,3 +146,23 @@ def test_export_prints_the_loops_it_wrote(loop_free_engines, tiny_engines, tmp_p
     with pytest.raises(SystemExit):
         main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path), "--max-classes", "0"])
     assert "--max-classes" in capsys.readouterr().err
+
+
+def test_served_engine_models_take_the_class_range_the_engines_were_exported_for(loop_free_engines, tmp_path):
+    """The served models rebuild the engine specs from the repository's settings: with the exported class
+    range (32 here), not the default (1024), so a 33-label request is refused by the spec, not by the graph."""
+    pytest.importorskip("tritonclient.grpc", reason="parsing Triton configs needs tritonclient (.[serve])")
+    from sigrl.serving.backend import _engine_spec
+    from sigrl.serving.repository import build_repository
+
+    _, engines = loop_free_engines
+    repo = build_repository(engines, "python", tmp_path / "repo")
+    for model in ("sigrl", "text_gmc", "image_svfr"):
+        settings = json.loads((repo / model / "1" / "sigrl.json").read_text())
+        assert settings["max_classes"] == 32
+    settings = json.loads((repo / "image_svfr" / "1" / "sigrl.json").read_text())
+    spec = _engine_spec(settings, "image_svfr")
+    assert spec.axis_ranges["C"] == (1, 32, 32)
+    emb = np.zeros((33, spec.dim), np.float32)
+    with pytest.raises(ValueError, match="C"):
+        spec.check_inputs(spec.feeds(np.zeros((1, 3, spec.image_size, spec.image_size), np.float32), emb, emb))

@@ -12,7 +12,8 @@ from sigrl.checkpoint import model_payload, read_checkpoint, save_atomic
 from sigrl.data import build_dataset
 from sigrl.deploy import onnx_export
 from sigrl.deploy.engines import ImageSVFREngine, TextGMCEngine, engine_specs
-from sigrl.deploy.onnx_export import export_checkpoint, file_sha256, read_metadata
+from sigrl.deploy.metadata import file_sha256, read_metadata
+from sigrl.deploy.onnx_export import export_checkpoint
 from sigrl.deploy.parity import TOLERANCES, compare_runtimes, format_rows, parity_inputs
 from sigrl.deploy.runtimes import OnnxRuntime, TorchRuntime
 from sigrl.deploy.tensorrt_check import tensorrt_problems
@@ -49,7 +50,9 @@ def test_metadata_records_config_preprocessing_and_checkpoint(tiny_engines):
     checkpoint, engines = tiny_engines
     stored = read_checkpoint(checkpoint)
     for spec in engine_specs(sigrl.get_model_config("tiny")):
-        meta = read_metadata(engines / spec.file_name)
+        # the file format itself (what any ONNX tool shows), then the reader that parses it
+        meta = {p.key.removeprefix("sigrl."): p.value for p in onnx.load(str(engines / spec.file_name)).metadata_props}
+        assert read_metadata(engines / spec.file_name).props() == {f"sigrl.{k}": v for k, v in meta.items()}
         assert meta["engine"] == spec.name
         assert meta["config_name"] == "tiny"
         assert json.loads(meta["config"]) == stored["model_config"]
@@ -96,7 +99,7 @@ def test_parity_check_catches_a_ranking_error(runtimes):
 
 def test_exported_engines_rank_the_synthetic_test_set_like_the_trained_model(runtimes):
     """A trained checkpoint, so that the parity above compares meaningful rankings (chance mAP ≈ 0.35)."""
-    torch_rt, ort_rt = runtimes
+    _, ort_rt = runtimes
     test = build_dataset("synthetic", "test", image_size=64, num_images=32)
     images = torch.stack([test[i]["image"] for i in range(len(test))]).numpy()
     scores = ort_rt.predict(images, sigrl.tokenize(test.vocabulary))
@@ -206,7 +209,7 @@ def test_a_failed_export_leaves_the_previous_engines_untouched(tiny_engines, tmp
 
 
 def test_runtime_needs_exported_engines(tmp_path):
-    with pytest.raises(FileNotFoundError, match="lacks text_gmc.onnx, image_svfr.onnx"):
+    with pytest.raises(FileNotFoundError, match=r"lacks text_gmc\.onnx, image_svfr\.onnx"):
         OnnxRuntime(tmp_path)
 
 

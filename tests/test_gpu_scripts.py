@@ -78,7 +78,8 @@ def test_gpu_scripts_need_a_gpu_unless_told_cpu(tmp_path):
 def test_gpu_bench_runs_every_cpu_step(tmp_path):
     out = tmp_path / "bench"
     result = run_script("gpu_bench.py", "--device", "cpu", "--config", "tiny", "--classes", "12", "--batch", "1", "2",
-                        "--text-classes", "12", "--train-batch", "2", "--train-classes", "12", *QUICK, "--out", str(out))
+                        "--text-classes", "12", "--train-batch", "2", "--train-classes", "12", *QUICK,
+                        "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     results = load_results(out / "results.json")
     cases = {(r.engine, r.precision, r.case, r.batch) for r in results["rows"]}

@@ -20,12 +20,13 @@ import yaml
 from test_cli import one_line_error
 
 from sigrl.cli import main
+from sigrl.deploy import triton_releases
 from sigrl.serving import container, kubernetes, server
 from sigrl.serving.kubernetes import ClusterSpec, manifests, write_manifests
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = ClusterSpec(repo_uri="s3://bucket/sigrl-repo", image="registry.example.com/sigrl-triton:1",
-                   triton_tag="25.10-py3", credentials_secret="s3-credentials")
+                   triton_tag="25.01-py3", credentials_secret="s3-credentials")
 # The oldest Kubernetes the manifests ask for (autoscaling/v2, policy/v1, seccompProfile) and the newest known here.
 KUBERNETES_VERSIONS = ("1.30.0", None)
 
@@ -203,8 +204,8 @@ def test_deploy_k8s_writes_the_folder_and_says_how_to_build_and_apply(tmp_path, 
     assert main(["deploy", "k8s", "--repo-uri", "s3://bucket/repo", "--out", str(out), "--image", "reg.io/sigrl-triton",
                  "--replicas", "3", "--gpus", "2"]) == 0
     printed = capsys.readouterr().out
-    image = f"reg.io/sigrl-triton:{metadata.version('sigrl')}-triton25.10"
-    assert f"--build-arg TRITON_TAG={container.DEFAULT_TRITON_TAG} -t {image}" in printed
+    image = f"reg.io/sigrl-triton:{metadata.version('sigrl')}-triton{triton_releases.DEFAULT_TRITON_TAG[:-4]}"
+    assert f"--build-arg TRITON_TAG={triton_releases.DEFAULT_TRITON_TAG} -t {image}" in printed
     assert "dns:///sigrl-grpc.sigrl.svc.cluster.local:8001" in printed
     deployment = load(out / "deployment.yaml")
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == image
@@ -240,30 +241,31 @@ def write_build_record(plan_dir: Path, tensorrt_version: str) -> Path:
     from sigrl.deploy.tensorrt import BuildRecord, EngineBuild
 
     build = EngineBuild(engine="text_gmc", plan="text_gmc.plan", onnx="text_gmc.onnx", onnx_sha256="0" * 64,
-                        precision="fp32", class_chunk=32, inputs={}, outputs={}, profile={}, trtexec="trtexec")
-    record = BuildRecord(tensorrt_version=tensorrt_version, strongly_typed=True, gpu_name="GPU",
-                         compute_capability="9.0", cuda_version="13.0", hardware_compat="none",
+                        precision="fp32", class_chunk=32, loops=2, inputs={}, outputs={}, profile={},
+                        trtexec="trtexec")
+    record = BuildRecord(tensorrt_version=tensorrt_version, strongly_typed=True, version_compatible=False,
+                         gpu_name="GPU", compute_capability="9.0", cuda_version="13.0", hardware_compat="none",
                          builder_optimization_level=None, workspace_gb=4.0, config_name="tiny", config={},
-                         engines={"text_gmc": build})
+                         max_classes=1024, engines={"text_gmc": build})
     plan_dir.mkdir(parents=True)
     (plan_dir / "build_record.json").write_text(record.to_json())
     return plan_dir
 
 
 def test_the_triton_release_follows_the_plans_tensorrt(tmp_path, capsys):
-    plans = write_build_record(tmp_path / "plans", "10.9.0.34")
+    plans = write_build_record(tmp_path / "plans", "10.7.0.23")
     out = tmp_path / "k8s"
     assert main(["deploy", "k8s", "--repo-uri", "s3://b/r", "--out", str(out), "--plans", str(plans)]) == 0
-    assert "--build-arg TRITON_TAG=25.03-py3" in capsys.readouterr().out
+    assert "--build-arg TRITON_TAG=24.12-py3" in capsys.readouterr().out
     assert load(out / "deployment.yaml")["spec"]["template"]["metadata"]["annotations"][
-        "sigrl/triton-base-image"] == "nvcr.io/nvidia/tritonserver:25.03-py3"
+        "sigrl/triton-base-image"] == "nvcr.io/nvidia/tritonserver:24.12-py3"
     unknown = write_build_record(tmp_path / "plans-unknown", "10.99.1")
     line = one_line_error(capsys, ["deploy", "k8s", "--repo-uri", "s3://b/r", "--out", str(tmp_path / "x"),
                                    "--plans", str(unknown)])
     assert "--plans: no Triton release in sigrl's table ships TensorRT 10.99.1" in line
     line = one_line_error(capsys, ["deploy", "k8s", "--repo-uri", "s3://b/r", "--out", str(tmp_path / "x"),
-                                   "--plans", str(plans), "--triton-tag", "25.10-py3"])
-    assert "--triton-tag 25.10-py3 ships TensorRT 10.13.3, but --plans were built with TensorRT 10.9.0.34" in line
+                                   "--plans", str(plans), "--triton-tag", "25.01-py3"])
+    assert "--triton-tag 25.01-py3 ships TensorRT 10.8.0.43, but --plans were built with TensorRT 10.7.0.23" in line
     line = one_line_error(capsys, ["deploy", "k8s", "--repo-uri", "s3://b/r", "--out", str(tmp_path / "x"),
                                    "--plans", str(tmp_path)])
     assert line.startswith("sigrl deploy: error: --plans: ") and "build_record.json not found" in line
@@ -330,7 +332,7 @@ def test_served_requirements_expand_sigrls_own_extras():
 def test_containerfile_builds_from_the_pinned_triton_with_the_wheel_and_the_served_requirements_only():
     text = (ROOT / "Containerfile").read_text()
     instructions = [line for line in text.splitlines() if line and not line.startswith("#")]
-    assert f"ARG TRITON_TAG={container.DEFAULT_TRITON_TAG}" in instructions
+    assert f"ARG TRITON_TAG={triton_releases.DEFAULT_TRITON_TAG}" in instructions
     assert "FROM nvcr.io/nvidia/tritonserver:${TRITON_TAG}" in instructions
     assert f"ARG SIGRL_EXTRAS={container.SERVED_EXTRA}" in instructions
     installs = [line for line in instructions if "pip install" in line]
@@ -365,10 +367,13 @@ def test_the_containerfiles_install_step_runs_in_a_fresh_environment(tmp_path):
 
 
 def test_the_triton_table_maps_tensorrt_versions_to_one_tag_each():
-    assert container.triton_tag_for_tensorrt("10.13.3.9") == "25.10-py3" == container.DEFAULT_TRITON_TAG
-    assert len({r.tensorrt for r in container.TRITON_RELEASES}) == len(container.TRITON_RELEASES)
+    releases = triton_releases.triton_releases()
+    assert triton_releases.tag_for_tensorrt("10.8.0") == "25.01-py3" == triton_releases.DEFAULT_TRITON_TAG
+    assert triton_releases.tag_for_tensorrt("10.5.0.18") == "24.10-py3"  # the Triton nvidia-pytriton 0.7 bundles
+    assert len({r.tensorrt for r in releases.values()}) == len(releases)
+    assert all(r.source and r.triton and r.cuda for r in releases.values())
     with pytest.raises(ValueError, match=r"TensorRT 11\.0\.0"):
-        container.triton_tag_for_tensorrt("11.0.0")
+        triton_releases.tag_for_tensorrt("11.0.0")
 
 
 # ------------------------------------------------------------------------------ security linter

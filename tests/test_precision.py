@@ -17,11 +17,11 @@ from torch import nn
 
 import sigrl
 from sigrl.cli import main
-from sigrl.deploy.onnx_export import read_metadata
+from sigrl.deploy.metadata import ExportedEngines, read_metadata
 from sigrl.deploy.onnx_passes import free_names, scan_bodies
 from sigrl.deploy.parity import compare_runtimes, format_rows, parity_inputs
 from sigrl.deploy.quantization import write_synthetic_images
-from sigrl.deploy.runtimes import OnnxRuntime, TorchRuntime, create_runtime, engine_precisions
+from sigrl.deploy.runtimes import OnnxRuntime, TorchRuntime, create_runtime
 from sigrl.deploy.tolerances import TOLERANCES
 from sigrl.precision import cast_model
 
@@ -79,18 +79,15 @@ def test_torch_runtime_at_low_precision_stays_close(precision):
     assert max(r.max_abs for r in rows if r.stage.endswith("scores")) > 0  # it really ran at low precision
 
 
-def test_metadata_records_precision_tolerances_and_chunk(precision_engines):
+def test_metadata_records_each_engines_precision_and_chunk(precision_engines):
     _, folders = precision_engines
     for precision, folder in folders.items():
-        text, image = (read_metadata(folder / f"{name}.onnx") for name in ("text_gmc", "image_svfr"))
-        assert image["precision"] == precision
-        assert text["precision"] == TEXT_PRECISION.get(precision, precision)
-        assert image["export_precision"] == text["export_precision"] == precision
-        assert json.loads(image["tolerances"]) == {"embedding_max_abs": TOLERANCES[precision].embedding_max_abs,
-                                                   "embedding_rel_l2": TOLERANCES[precision].embedding_rel_l2,
-                                                   "score_max_abs": TOLERANCES[precision].score_max_abs}
-        assert int(image["class_chunk"]) == 32
-        assert engine_precisions(folder) == {"text_gmc": text["precision"], "image_svfr": precision}
+        exported = ExportedEngines.read(folder)
+        text, image = exported.text, exported.image
+        assert image.precision == precision
+        assert text.precision == TEXT_PRECISION.get(precision, precision)
+        assert image.config.class_chunk == 32
+        assert exported.precisions() == {"text_gmc": text.precision, "image_svfr": precision}
 
 
 def test_scan_bodies_own_their_weights_and_only_the_cpu_graph_carries_activations(precision_engines):
@@ -131,7 +128,8 @@ def test_low_precision_graphs_have_low_precision_weights_and_fp32_islands(precis
     _, folders = precision_engines
     model = onnx.load(str(folders[precision] / "image_svfr.onnx"))
     types = _initializer_types(model.graph)
-    matmul_weights = [n.input[1] for n in _nodes(model.graph) if n.op_type in ("MatMul", "Gemm") and n.input[1] in types]
+    matmul_weights = [n.input[1] for n in _nodes(model.graph)
+                      if n.op_type in ("MatMul", "Gemm") and n.input[1] in types]
     assert matmul_weights and all(types[w] == dtype for w in matmul_weights)
     norm_scales = [n.input[1] for n in _nodes(model.graph) if n.op_type == "LayerNormalization"]
     assert norm_scales and all(types[s] == onnx.TensorProto.FLOAT for s in norm_scales)
@@ -234,7 +232,7 @@ def test_export_class_chunk_changes_the_loop_not_the_scores(tiny_engines, tmp_pa
     checkpoint, fp32 = tiny_engines
     out = tmp_path / "chunk7"
     assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--class-chunk", "7"]) == 0
-    assert read_metadata(out / "image_svfr.onnx")["class_chunk"] == "7"
+    assert read_metadata(out / "image_svfr.onnx").config.class_chunk == 7
     model = sigrl.load_checkpoint(checkpoint)
     vocabularies, images = parity_inputs(model.vocabulary, model.prompt_template, 64, [12, 15], [2])
     rows = compare_runtimes(OnnxRuntime(fp32, device="cpu"), OnnxRuntime(out, device="cpu"), vocabularies, images)
@@ -256,12 +254,11 @@ def test_engines_without_precision_metadata_are_fp32(tiny_engines, tmp_path):
     _, fp32 = tiny_engines
     for name in ("text_gmc", "image_svfr"):
         model = onnx.load(str(fp32 / f"{name}.onnx"))
-        kept = [p for p in model.metadata_props if not p.key.startswith(("sigrl.precision", "sigrl.export_precision",
-                                                                         "sigrl.tolerances"))]
+        kept = [p for p in model.metadata_props if p.key != "sigrl.precision"]
         del model.metadata_props[:]
         model.metadata_props.extend(kept)
         onnx.save(model, str(tmp_path / f"{name}.onnx"))
-    assert engine_precisions(tmp_path) == {"text_gmc": "fp32", "image_svfr": "fp32"}
+    assert ExportedEngines.read(tmp_path).precisions() == {"text_gmc": "fp32", "image_svfr": "fp32"}
 
 
 def test_precision_mistakes_are_one_line(tiny_engines, precision_engines, capsys):
@@ -326,7 +323,8 @@ def test_calibration_mistakes_are_one_line(tiny_engines, tmp_path, capsys):
                            "--calibration-images is for --precision int8-qdq or fp8, not fp16"),
                           (["--precision", "fp8", "--calibration-images", str(tmp_path / "empty")],
                            "holds no image files"),
-                          (["--precision", "fp8", "--calibration-images", str(tmp_path / "missing")], "no such folder")]:
+                          (["--precision", "fp8", "--calibration-images", str(tmp_path / "missing")],
+                           "no such folder")]:
         assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"), *args]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err

@@ -21,6 +21,7 @@ from PIL import Image
 import sigrl
 from sigrl.data.transforms import build_transform
 from sigrl.deploy.engines import engine_specs
+from sigrl.deploy.metadata import ExportedEngines
 from sigrl.deploy.onnx_export import engine_metadata
 from sigrl.deploy.runtimes import prepare_token_ids
 from sigrl.deploy.tensorrt import BUILD_RECORD, TENSORRT_10, BuildOptions, describe_build
@@ -84,7 +85,8 @@ def plan_engines(fake_engines, tmp_path) -> Path:
     engines = Path(shutil.copytree(fake_engines, tmp_path / "engines"))
     for name in ("text_gmc", "image_svfr"):
         (engines / f"{name}.plan").write_bytes(b"dummy plan " + name.encode())
-    record = describe_build(engines, engines, TENSORRT_10, BuildOptions(), ("test GPU", "8.6", None))
+    record = describe_build(ExportedEngines.read(engines), engines, TENSORRT_10, BuildOptions(),
+                            ("test GPU", "8.6", None))
     (engines / BUILD_RECORD).write_text(record.to_json())
     return engines
 
@@ -186,7 +188,8 @@ def test_every_runtime_writes_parseable_configs(runtime, plan_engines, tmp_path)
     settings = json.loads((repo / "sigrl" / "1" / "sigrl.json").read_text(encoding="utf-8"))
     local = {"local_engines": {name: f"{name}/1/{name}.onnx" for name in ("text_gmc", "image_svfr")}}
     config = sigrl.get_model_config("tiny").to_dict()
-    assert settings == {"config": config, "vocabulary": VOCABULARY, "prompt_template": sigrl.DEFAULT_TEMPLATE,
+    assert settings == {"config": config, "max_classes": 1024, "vocabulary": VOCABULARY,
+                        "prompt_template": sigrl.DEFAULT_TEMPLATE,
                         "bpe_vocab": "bpe_simple_vocab_16e6.txt.gz",
                         **(local if runtime == "python" else {})}  # the python runtime runs them in the entry
     assert all((repo / path).is_file() for path in settings.get("local_engines", {}).values())
@@ -196,7 +199,7 @@ def test_every_runtime_writes_parseable_configs(runtime, plan_engines, tmp_path)
     if runtime == "python":
         for name in ("text_gmc", "image_svfr"):
             engine = json.loads((repo / name / "1" / "sigrl.json").read_text(encoding="utf-8"))
-            assert engine == {"config": config, "engine_file": f"{name}.onnx"}
+            assert engine == {"config": config, "max_classes": 1024, "engine_file": f"{name}.onnx"}
 
 
 def test_model_py_shims_import_the_package_classes(fake_engines, tmp_path):

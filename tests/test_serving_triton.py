@@ -35,7 +35,7 @@ from tritonclient.utils import InferenceServerException
 
 import sigrl
 from sigrl.data.transforms import build_transform
-from sigrl.deploy.onnx_export import read_metadata
+from sigrl.deploy.metadata import EngineMetadata, read_metadata
 from sigrl.deploy.runtimes import OnnxRuntime, TorchRuntime, prepare_token_ids
 from sigrl.serving.repository import build_repository
 from sigrl.serving.server import TritonServer
@@ -161,7 +161,7 @@ def engines(tiny_engines) -> Path:
 
 
 @pytest.fixture(scope="module")
-def metadata(engines) -> dict[str, str]:
+def metadata(engines) -> EngineMetadata:
     return read_metadata(engines / "text_gmc.onnx")
 
 
@@ -223,7 +223,7 @@ def test_health_and_metadata_over_grpc_and_http(server, client):
 
 
 def test_engine_models_equal_in_process_onnxruntime_bit_for_bit(client, ort_runtime, vocabulary, metadata):
-    ids = tokens(vocabulary, metadata["prompt_template"])
+    ids = tokens(vocabulary, metadata.prompt_template)
     text = client.infer("text_gmc", [numpy_tensor("token_ids", ids, "INT32")])
     label_emb, graph_emb = ort_runtime.encode_labels(ids)
     np.testing.assert_array_equal(text.as_numpy("label_emb"), label_emb)
@@ -246,7 +246,7 @@ def test_entry_scores_equal_in_process_preprocessing_and_engines(client, ort_run
     result = client.infer("sigrl", entry_inputs(images, labels, top_k=3))
     scores = result.as_numpy("scores")
     pixels = local_pixels(images)
-    token_ids = sigrl.tokenize(labels, metadata["prompt_template"])
+    token_ids = sigrl.tokenize(labels, metadata.prompt_template)
     np.testing.assert_array_equal(scores, ort_runtime.predict(pixels, token_ids))
     reference = TorchRuntime(sigrl.load_checkpoint(tiny_engines[0])).predict(pixels, token_ids)
     np.testing.assert_allclose(scores, reference, rtol=0, atol=1e-5)
@@ -257,7 +257,7 @@ def test_entry_scores_equal_in_process_preprocessing_and_engines(client, ort_run
 
     default = client.infer("sigrl", entry_inputs(images))  # no labels: the trained vocabulary, default top-k 5
     np.testing.assert_array_equal(default.as_numpy("scores"),
-                                  ort_runtime.predict(pixels, sigrl.tokenize(vocabulary, metadata["prompt_template"])))
+                                  ort_runtime.predict(pixels, sigrl.tokenize(vocabulary, metadata.prompt_template)))
     assert default.as_numpy("top_labels").shape == (3, 5)
 
 
@@ -272,7 +272,7 @@ def test_second_repository_bls_engines_and_served_thresholds(engines, ort_runtim
     from sigrl.thresholds import Thresholds
 
     images, labels = [png_bytes(96, 80, 1), png_bytes(64, 64, 2)], ["cyan", "star", "red"]
-    expected = ort_runtime.predict(local_pixels(images), sigrl.tokenize(labels, metadata["prompt_template"]))
+    expected = ort_runtime.predict(local_pixels(images), sigrl.tokenize(labels, metadata.prompt_template))
     # cyan: always a tag; star: never (no default); red: between the two images' scores, so one image each way
     thresholds = Thresholds({"cyan": -1.0, "red": float(expected[:, 2].mean())})
     assert expected[0, 2] != expected[1, 2]
@@ -546,7 +546,7 @@ def test_engine_models_reject_wrong_dtype_shape_and_values(client, model, inputs
 
 def test_eight_concurrent_clients_make_1600_requests_without_error(server, ort_runtime, vocabulary, metadata):
     images = [png_bytes(64, 64, 100 + i) for i in range(8)]
-    expected = ort_runtime.predict(local_pixels(images), sigrl.tokenize(vocabulary, metadata["prompt_template"]))
+    expected = ort_runtime.predict(local_pixels(images), sigrl.tokenize(vocabulary, metadata.prompt_template))
     errors: list[str] = []
     lock = threading.Lock()
 
@@ -653,7 +653,7 @@ def test_served_engines_pass_the_parity_check_against_in_process_onnxruntime(ser
     from sigrl.deploy.parity import compare_runtimes, parity_inputs
     from sigrl.serving.triton_runtime import TritonRuntime
 
-    vocabularies, images = parity_inputs(vocabulary, metadata["prompt_template"], 64, [1, 12, 100], [1, 4])
+    vocabularies, images = parity_inputs(vocabulary, metadata.prompt_template, 64, [1, 12, 100], [1, 4])
     rows = compare_runtimes(ort_runtime, TritonRuntime(server.grpc_url), vocabularies, images)
     assert all(r.passed and r.max_abs == 0.0 for r in rows)  # same runtime, same inputs: bit for bit
 

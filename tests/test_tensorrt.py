@@ -25,7 +25,8 @@ import pytest
 import sigrl
 from sigrl.cli import main
 from sigrl.deploy.engines import engine_specs
-from sigrl.deploy.onnx_export import engine_metadata, file_sha256
+from sigrl.deploy.metadata import ExportedEngines, file_sha256
+from sigrl.deploy.onnx_export import engine_metadata
 from sigrl.deploy.runtimes import TensorRTRuntime
 from sigrl.deploy.tensorrt import (
     BUILD_RECORD,
@@ -39,7 +40,6 @@ from sigrl.deploy.tensorrt import (
     profile_shapes,
     serving_problems,
     serving_tensorrt,
-    triton_releases,
     trtexec_command,
 )
 
@@ -70,11 +70,11 @@ def write_engines(model: sigrl.SigRL, out: Path, **extra_metadata: str) -> Path:
 
 
 def write_plans(engines: Path, out: Path, gpu: tuple[str, str, str | None] = GPU,
-                options: BuildOptions = BuildOptions()) -> BuildRecord:
+                options: BuildOptions | None = None) -> BuildRecord:
     """Placeholder plan files with the build record ``sigrl build-engines`` would write for ``engines``
     with TensorRT 10.13.3.9 (nothing here deserializes them: Triton configs and checks read only the record
     and file names)."""
-    record = describe_build(engines, out, BUILT_WITH, options, gpu)
+    record = describe_build(ExportedEngines.read(engines), out, BUILT_WITH, options or BuildOptions(), gpu)
     out.mkdir(parents=True, exist_ok=True)
     for build in record.engines.values():
         (out / build.plan).write_bytes(f"placeholder plan {build.engine} sm{gpu[1]}".encode())
@@ -148,7 +148,7 @@ def test_build_options_name_the_bad_flag(options, flag):
 
 def test_build_record_describes_the_plans_and_round_trips(tiny_model, engines, tmp_path):
     options = BuildOptions(hardware_compat="ampere+", builder_optimization_level=4, version_compatible=True)
-    record = describe_build(engines, tmp_path / "plans", TENSORRT_11, options, GPU)
+    record = describe_build(ExportedEngines.read(engines), tmp_path / "plans", TENSORRT_11, options, GPU)
     data = json.loads(record.to_json())
     assert data["schema"] == "sigrl.tensorrt-build/2"
     assert {k: data[k] for k in ("gpu_name", "compute_capability", "cuda_version", "hardware_compat",
@@ -169,13 +169,12 @@ def test_build_record_describes_the_plans_and_round_trips(tiny_model, engines, t
 
 
 def test_build_record_reads_precision_and_class_chunk_from_the_metadata(tiny_model, tmp_path):
-    engines = write_engines(tiny_model, tmp_path / "engines", precision="fp16", class_chunk="8")
-    record = describe_build(engines, tmp_path / "plans", TENSORRT_10, BuildOptions(), GPU)
+    engines = write_engines(sigrl.create_model("tiny", class_chunk=8), tmp_path / "engines", precision="fp16")
+    record = describe_build(ExportedEngines.read(engines), tmp_path / "plans", TENSORRT_10, BuildOptions(), GPU)
     assert {(b.precision, b.class_chunk) for b in record.engines.values()} == {("fp16", 8)}
     assert record.precision == "fp16"
     with pytest.raises(ValueError, match="precision 'fp12'"):
-        describe_build(write_engines(tiny_model, tmp_path / "bad", precision="fp12"), tmp_path, TENSORRT_10,
-                       BuildOptions(), GPU)
+        ExportedEngines.read(write_engines(tiny_model, tmp_path / "bad", precision="fp12"))
 
 
 @pytest.mark.parametrize("change, message", [
@@ -191,7 +190,8 @@ def test_build_record_reads_precision_and_class_chunk_from_the_metadata(tiny_mod
     (lambda d: d.update(engines={}), "'engines' must be a non-empty object"),
 ])
 def test_build_record_schema_rejects_bad_records(engines, tmp_path, change, message):
-    data = json.loads(describe_build(engines, tmp_path, TENSORRT_10, BuildOptions(), GPU).to_json())
+    record = describe_build(ExportedEngines.read(engines), tmp_path, TENSORRT_10, BuildOptions(), GPU)
+    data = json.loads(record.to_json())
     change(data)
     with pytest.raises(ValueError, match=message):
         BuildRecord.from_dict(data)
@@ -268,7 +268,7 @@ def test_plans_for_several_compute_capabilities_use_cc_model_filenames(engines, 
         assert (repo / name / "1" / "model_sm89.plan").read_bytes() == f"placeholder plan {name} sm8.9".encode()
 
     write_plans(engines, tmp_path / "other-l4", ("NVIDIA L4", "8.9", "12.4"))
-    with pytest.raises(ValueError, match="both hold plans for compute capability 8.9"):
+    with pytest.raises(ValueError, match=r"both hold plans for compute capability 8\.9"):
         build_repository(engines, "tensorrt", tmp_path / "repo2", plans=[tmp_path / "l4", tmp_path / "other-l4"])
 
 
@@ -289,7 +289,7 @@ def test_plans_of_another_precision_or_engine_are_refused(tiny_model, engines, t
     record = json.loads((tmp_path / "fp16-plans" / BUILD_RECORD).read_text())
     record["engines"]["image_svfr"]["profile"]["images"]["max"] = [64, 3, 64, 64]
     (tmp_path / "fp16-plans" / BUILD_RECORD).write_text(json.dumps(record))
-    with pytest.raises(ValueError, match="image_svfr profile .* differs from the engine's"):
+    with pytest.raises(ValueError, match=r"image_svfr profile .* differs from the engine's"):
         build_repository(fp16, "tensorrt", tmp_path / "repo", plans=[tmp_path / "fp16-plans"])
     assert not (tmp_path / "repo").exists()
 
@@ -346,24 +346,23 @@ def test_onnxruntime_tensorrt_accelerator_config(engines, tmp_path):
     ("10.13.3.9", True, "12.0.0", False),
 ])
 def test_a_plan_loads_only_where_its_tensorrt_allows(engines, tmp_path, built, compatible, served, loads):
-    record = describe_build(engines, tmp_path, TensorRTFeatures(built, weak_typing=True),
+    record = describe_build(ExportedEngines.read(engines), tmp_path, TensorRTFeatures(built, weak_typing=True),
                             BuildOptions(version_compatible=compatible), GPU)
     problems = serving_problems(record, served)
     assert (problems == []) == loads, problems
 
 
 def test_triton_containers_name_their_tensorrt():
-    releases = triton_releases()
-    assert releases["24.05-py3"].tensorrt == "10.0.1.6" and releases["24.05-py3"].cuda == "12.4.1"
-    assert all(r.source for r in releases.values())
-    assert serving_tensorrt("nvcr.io/nvidia/tritonserver:24.05-py3") == "10.0.1.6"
+    assert serving_tensorrt("nvcr.io/nvidia/tritonserver:24.10-py3") == "10.5.0.18"
+    assert serving_tensorrt("25.01-py3") == "10.8.0.43"
     assert serving_tensorrt(tensorrt_version="10.13.3") == "10.13.3"
     assert serving_tensorrt() is None
-    with pytest.raises(ValueError, match="does not know that container's TensorRT.*--tensorrt-version"):
+    unknown = r"does not know the TensorRT of Triton container 99\.01-py3.*--tensorrt-version"
+    with pytest.raises(ValueError, match=unknown):
         serving_tensorrt("99.01-py3")
     with pytest.raises(ValueError, match="either --triton-container or --tensorrt-version"):
-        serving_tensorrt("24.05-py3", "10.0.1")
-    with pytest.raises(ValueError, match="--tensorrt-version must be major.minor.patch"):
+        serving_tensorrt("24.10-py3", "10.5.0")
+    with pytest.raises(ValueError, match=r"--tensorrt-version must be major\.minor\.patch"):
         serving_tensorrt(tensorrt_version="10.13")
 
 
@@ -373,10 +372,10 @@ def test_triton_repo_refuses_plans_the_serving_tensorrt_cannot_load(engines, tmp
     base = ["triton-repo", "--engines", str(engines), "--runtime", "tensorrt", "--plans", str(tmp_path / "plans")]
     assert main([*base, "--out", str(tmp_path / "repo")]) == 2
     assert "--runtime tensorrt needs --triton-container TAG or --tensorrt-version" in capsys.readouterr().err
-    assert main([*base, "--triton-container", "24.05-py3", "--out", str(tmp_path / "repo")]) == 2
+    assert main([*base, "--triton-container", "24.10-py3", "--out", str(tmp_path / "repo")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "built with TensorRT 10.13.3.9 load only in that TensorRT" in err
-    assert "has 10.0.1.6" in err and not (tmp_path / "repo").exists()
+    assert "has 10.5.0.18" in err and not (tmp_path / "repo").exists()
     assert main([*base, "--tensorrt-version", "10.13.3", "--out", str(tmp_path / "repo")]) == 0
     assert "version-compatible" not in capsys.readouterr().out
     assert (tmp_path / "repo" / "image_svfr" / "1" / "model.plan").is_file()
@@ -420,7 +419,7 @@ def test_onnx_parser_errors_are_one_line_with_every_node():
 
 
 def test_tensorrt_runtime_imports_without_tensorrt_and_names_what_it_needs(engines, tmp_path):
-    with pytest.raises(FileNotFoundError, match="build_record.json not found: build the plans with"):
+    with pytest.raises(FileNotFoundError, match=r"build_record\.json not found: build the plans with"):
         TensorRTRuntime(tmp_path)
     write_plans(engines, tmp_path / "plans")
     with pytest.raises(RuntimeError, match="TensorRT plans run on a CUDA device; got device='cpu'"):

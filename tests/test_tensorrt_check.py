@@ -150,7 +150,8 @@ def test_topk_restrictions():
     def topk(k, **attrs):
         node = helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=1, name="tk", **attrs)
         outputs = [_value("v", shape=[2, k]), _value("i", TensorProto.INT64, [2, k])]
-        return tensorrt_problems(_model([node], [_value("x", shape=[2, 5000])], outputs, initializers=[_ints("k", [k])]))
+        return tensorrt_problems(_model([node], [_value("x", shape=[2, 5000])], outputs,
+                                        initializers=[_ints("k", [k])]))
 
     assert topk(16) == []
     _only(topk(16, sorted=0), "TopK node 'tk'", "sorted=0")
@@ -171,7 +172,8 @@ def test_reduce_with_computed_axes_is_reported():
     initializers = [helper.make_tensor("one", TensorProto.INT64, [], [1]), _ints("zero", [0])]
     model = _model(nodes, [_value("x")], [_value("y", shape=[2, 1])], initializers=initializers)
     _only(tensorrt_problems(model), "ReduceSum node 'rs'", "axes 'axes' is computed")
-    initializer_axes = _model([nodes[-1]], [_value("x")], [_value("y", shape=[2, 1])], initializers=[_ints("axes", [1])])
+    initializer_axes = _model([nodes[-1]], [_value("x")], [_value("y", shape=[2, 1])],
+                              initializers=[_ints("axes", [1])])
     assert tensorrt_problems(initializer_axes) == []
     constant_node = helper.make_node("Constant", [], ["axes"], value=_ints("axes_value", [1]))
     assert tensorrt_problems(_model([constant_node, nodes[-1]], [_value("x")], [_value("y", shape=[2, 1])])) == []

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from sigrl.bench.results import Row
+from sigrl.deploy.engines import ImageSVFREngine, TextGMCEngine
 
 DEFAULT_TOOLS_DIR = Path("tools") / "perf_analyzer"
 # Stable enough on a loaded 2-core machine: fixed request counts per window instead of time windows.
@@ -70,14 +71,13 @@ def bytes_tensor(items: list[bytes]) -> dict:
 
 def text_case(token_ids: np.ndarray) -> PerfCase:
     ids = np.ascontiguousarray(token_ids, dtype=np.int32)
-    return PerfCase("text_gmc", 1, ids.shape[0], "vocab/s", 1, {"token_ids": numeric_tensor(ids)},
-                    {"token_ids": list(ids.shape)})
+    return PerfCase(TextGMCEngine.name, 1, ids.shape[0], "vocab/s", 1,
+                    {TextGMCEngine.TOKEN_IDS: numeric_tensor(ids)}, {TextGMCEngine.TOKEN_IDS: list(ids.shape)})
 
 
 def image_case(pixels: np.ndarray, label_emb: np.ndarray, graph_emb: np.ndarray) -> PerfCase:
-    tensors = {"images": pixels.astype(np.float32), "label_emb": label_emb.astype(np.float32),
-               "graph_emb": graph_emb.astype(np.float32)}
-    return PerfCase("image_svfr", pixels.shape[0], label_emb.shape[0], "img/s", pixels.shape[0],
+    tensors = ImageSVFREngine.feeds(*(a.astype(np.float32) for a in (pixels, label_emb, graph_emb)))
+    return PerfCase(ImageSVFREngine.name, pixels.shape[0], label_emb.shape[0], "img/s", pixels.shape[0],
                     {name: numeric_tensor(a) for name, a in tensors.items()},
                     {name: list(a.shape) for name, a in tensors.items()})
 

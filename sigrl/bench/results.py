@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sigrl.files import write_atomic
 from sigrl.registry import PRECISIONS  # noqa: F401  (the suite and the command read it from here)
 
 SCHEMA_VERSION = 1
@@ -131,7 +132,7 @@ def new_results(config: str, machine: dict[str, Any], roofline: dict[str, float]
 
 def save_results(results: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
-    path.write_text(json.dumps(results, indent=2))
+    write_atomic(path, json.dumps(results, indent=2))
     return path
 
 

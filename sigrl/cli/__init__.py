@@ -41,7 +41,8 @@ class _CommandParser(_Parser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sigrl", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"sigrl {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (also: SIGRL_DEBUG=1)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: SIGRL_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
     for group in COMMAND_GROUPS:
         group.register(commands)

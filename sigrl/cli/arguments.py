@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from sigrl.errors import UsageError
+from sigrl.files import write_atomic
 
 
 def positive_int(text: str) -> int:
@@ -109,12 +109,4 @@ def writable_file(flag: str, path: str | Path) -> Path:
 def write_json(path: Path, value: Any) -> None:
     """Write a JSON result (checked by :func:`writable_file`), creating its folder; atomically, so a crash
     leaves the previous file whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(value, indent=2, default=str))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(value, indent=2, default=str))

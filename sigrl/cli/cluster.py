@@ -14,7 +14,7 @@ DEFAULT_IMAGE = "sigrl-triton"
 def triton_tag(plans: list[str], tag: str | None) -> str:
     """The Triton release to build ``FROM``: ``--triton-tag``, else the one shipping the plans' TensorRT (from their
     build record), else the default; UsageError when the plans disagree with each other or with ``--triton-tag``."""
-    from sigrl.serving.container import DEFAULT_TRITON_TAG, TRITON_RELEASES, same_tensorrt, triton_tag_for_tensorrt
+    from sigrl.deploy.triton_releases import DEFAULT_TRITON_TAG, same_tensorrt, tag_for_tensorrt, triton_releases
 
     if not plans:
         return tag or DEFAULT_TRITON_TAG
@@ -29,15 +29,16 @@ def triton_tag(plans: list[str], tag: str | None) -> str:
                          "Triton image runs one TensorRT")
     version = versions.pop()
     if tag is not None:
-        shipped = {release.tag: release.tensorrt for release in TRITON_RELEASES}
+        shipped = {release.tag: release.tensorrt for release in triton_releases().values()}
         if tag in shipped and not same_tensorrt(shipped[tag], version):
             raise UsageError(f"--triton-tag {tag} ships TensorRT {shipped[tag]}, but --plans were built with "
                              f"TensorRT {version}: plans load only on the TensorRT they were built with")
         return tag
     try:
-        return triton_tag_for_tensorrt(version)
+        return tag_for_tensorrt(version)
     except ValueError as err:
-        raise UsageError(f"--plans: {err} (or name it with --triton-tag)") from None
+        raise UsageError(f"--plans: {err}: rebuild the plans in one of those containers, or name the release that "
+                         "ships their TensorRT with --triton-tag") from None
 
 
 def image_reference(image: str, tag: str) -> str:
@@ -91,7 +92,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     k8s.add_argument("--plans", nargs="+", default=[], metavar="DIR",
                      help="`sigrl build-engines` folders served by the repository: the Triton release is the one "
                           "shipping the TensorRT of their build record")
-    k8s.add_argument("--triton-tag", help="NVIDIA Triton image tag to build from, e.g. 25.10-py3 (default: from "
+    k8s.add_argument("--triton-tag", help="NVIDIA Triton image tag to build from, e.g. 25.01-py3 (default: from "
                                           "--plans, else the newest release sigrl knows)")
     k8s.add_argument("--name", default="sigrl", help="name of the objects (default: sigrl)")
     k8s.add_argument("--namespace", default="sigrl", help="namespace of the objects (default: sigrl; create it first)")

@@ -18,7 +18,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     report = export_checkpoint(args.checkpoint, args.out, expect_config=args.config, precision=args.precision,
                                class_chunk=args.class_chunk, max_classes=args.max_classes,
                                calibration_images=args.calibration_images)
-    for name, info in report.items():
+    for info in report.values():
         print(f"{info['path']}: {info['precision']}, {info['loops']} loops, {info['bytes'] / 2**20:.1f} MiB, "
               f"exported in {info['seconds']:.1f} s")
     if json_path is not None:
@@ -68,17 +68,18 @@ def runtime_from_arguments(args: argparse.Namespace, kind: str, model):
 def _check_exported_from(engines: Path, checkpoint: Path) -> None:
     """Refuse engines exported from another checkpoint than the one they are compared or evaluated with."""
     from sigrl.deploy.engines import TextGMCEngine
-    from sigrl.deploy.onnx_export import file_sha256, read_metadata
+    from sigrl.deploy.metadata import file_sha256, read_metadata
 
     if not (engines / TextGMCEngine.file_name).is_file():
         return  # the runtime names what is missing
-    exported_from = read_metadata(engines / TextGMCEngine.file_name).get("checkpoint_sha256")
+    exported_from = read_metadata(engines / TextGMCEngine.file_name).checkpoint_sha256
     if exported_from and exported_from != file_sha256(checkpoint):
         raise UsageError(f"--engines {engines} were exported from another checkpoint than {checkpoint}")
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
     from sigrl.checkpoint import load_checkpoint
+    from sigrl.deploy.engines import ImageSVFREngine, TextGMCEngine
     from sigrl.deploy.parity import compare_runtimes, format_rows, parity_inputs
     from sigrl.deploy.runtimes import TorchRuntime
 
@@ -93,9 +94,9 @@ def cmd_parity(args: argparse.Namespace) -> int:
     vocabularies, images = parity_inputs(model.vocabulary or [], model.prompt_template,
                                          model.config.vision_cfg["image_size"], args.classes, args.batch)
     rows = compare_runtimes(reference, candidate, vocabularies, images)
+    text, image = candidate.engine_precisions[TextGMCEngine.name], candidate.engine_precisions[ImageSVFREngine.name]
     print(f"PyTorch eager fp32 ({reference.provider}) vs {candidate.name} {candidate.precision} "
-          f"({candidate.provider}); tolerances of each engine's precision "
-          f"(text {candidate.engine_precisions['text_gmc']}, image {candidate.engine_precisions['image_svfr']})")
+          f"({candidate.provider}); tolerances of each engine's precision (text {text}, image {image})")
     print(format_rows(rows))
     if json_path is not None:
         write_json(json_path, [r.to_dict() for r in rows])

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from sigrl.registry import HARDWARE_COMPAT
+
 
 def cmd_build_engines(args: argparse.Namespace) -> int:
     from sigrl.deploy.tensorrt import BUILD_RECORD, BuildOptions, TensorRTUnavailable, build_plans, plan_commands
@@ -23,6 +25,7 @@ def cmd_build_engines(args: argparse.Namespace) -> int:
               "(TensorRT 11.x: the same without --stronglyTyped)", file=sys.stderr)
         return 1
     for build in record.engines.values():
+        assert build.plan_bytes is not None and build.build_seconds is not None  # filled in by the build
         print(f"{out / build.plan}: {build.precision}, class chunk {build.class_chunk}, {build.loops} loops, "
               f"{build.plan_bytes / 2**20:.1f} MiB, built in {build.build_seconds:.1f} s")
         print(f"  equivalent: {build.trtexec}")
@@ -39,7 +42,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--out", required=True, help="folder for text_gmc.plan, image_svfr.plan, build_record.json")
     build.add_argument("--workspace-gb", type=float, default=4.0, help="builder workspace memory pool (GiB)")
     build.add_argument("--timing-cache", help="timing cache file: read when present, written after the build")
-    build.add_argument("--hardware-compat", default="none", choices=("none", "ampere+"),
+    build.add_argument("--hardware-compat", default="none", choices=HARDWARE_COMPAT,
                        help="ampere+: one plan for every Ampere or newer GPU (may run slower)")
     build.add_argument("--builder-optimization-level", type=int,
                        help="0-5 (TensorRT's default 3): higher builds longer and may run faster")

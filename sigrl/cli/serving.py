@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from sigrl.cli.arguments import non_negative_int, positive_float, positive_int
 from sigrl.errors import UsageError
+from sigrl.registry import ENTRY_ENGINES, ORT_TENSORRT_PRECISIONS, SERVED_RUNTIMES
 
 if TYPE_CHECKING:
     from sigrl.serving.client import Tagging
@@ -36,7 +37,8 @@ def cmd_triton_repo(args: argparse.Namespace) -> int:
                             thresholds=read_thresholds_file(args.thresholds) if args.thresholds else None,
                             threads=args.threads, instances=instances, tensorrt_version=tensorrt_version, **caps)
     print(f"Triton model repository ({args.runtime} runtime) written to {repo}")
-    if args.runtime == "tensorrt" and any(BuildRecord.load(p).version_compatible for p in plans or [Path(args.engines)]):
+    plan_dirs = plans or [Path(args.engines)]
+    if args.runtime == "tensorrt" and any(BuildRecord.load(p).version_compatible for p in plan_dirs):
         print("the plans are version-compatible: start Triton with --backend-config=tensorrt,version-compatible=true")
     return 0
 
@@ -246,7 +248,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add ``triton-repo``, ``serve`` and ``tag`` to the ``sigrl`` parser."""
     repo = commands.add_parser("triton-repo", help="build a Triton model repository from exported engines")
     repo.add_argument("--engines", required=True, help="folder written by `sigrl export`")
-    repo.add_argument("--runtime", default="python", choices=("python", "onnxruntime", "tensorrt"),
+    repo.add_argument("--runtime", default="python", choices=SERVED_RUNTIMES,
                       help="python: ONNX Runtime in python-backend models (runs on the bundled CPU server)")
     repo.add_argument("--out", required=True)
     repo.add_argument("--max-batch", type=int, default=32, help="images per batch of the entry model")
@@ -265,7 +267,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                           ("max-label-tokens", "tokens per label name (default: what fits the prompt context)"),
                           ("default-top-k", "top labels returned when a request sets no top_k (default 5)")):
         caps.add_argument(f"--{flag}", type=int, help=meaning)
-    repo.add_argument("--entry-engines", choices=("local", "bls"),
+    repo.add_argument("--entry-engines", choices=ENTRY_ENGINES,
                       help="how the entry model runs the engines: local, in its own sessions (python runtime only, "
                            "its default: one hop less per request, a second copy of each engine in memory), or bls, "
                            "calling the engine models (default for the GPU runtimes)")
@@ -287,11 +289,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     repo.add_argument("--plans", nargs="+", default=[], metavar="DIR",
                       help="tensorrt: `sigrl build-engines` folders, one per compute capability (default: --engines)")
     repo.add_argument("--triton-container", metavar="TAG",
-                      help="tensorrt: the NVIDIA Triton container that will serve the plans (e.g. 24.05-py3); plans "
+                      help="tensorrt: the NVIDIA Triton container that will serve the plans (e.g. 25.01-py3); plans "
                            "its TensorRT cannot load are refused")
     repo.add_argument("--tensorrt-version", metavar="X.Y.Z",
-                      help="tensorrt: the TensorRT of the Triton that will serve the plans (instead of --triton-container)")
-    repo.add_argument("--ort-tensorrt", choices=("FP32", "FP16", "BF16", "INT8"), metavar="PRECISION_MODE",
+                      help="tensorrt: the TensorRT of the Triton that will serve the plans "
+                           "(instead of --triton-container)")
+    repo.add_argument("--ort-tensorrt", choices=ORT_TENSORRT_PRECISIONS, metavar="PRECISION_MODE",
                       help="onnxruntime: ONNX Runtime's TensorRT accelerator, FP32|FP16|BF16|INT8 (FP32: graph types)")
     repo.add_argument("--ort-tensorrt-cache", metavar="DIR", help="--ort-tensorrt engine cache folder on the server")
     repo.set_defaults(func=cmd_triton_repo)

@@ -18,7 +18,7 @@ from sigrl.cli.arguments import (
 )
 from sigrl.cli.deploy import add_runtime_arguments, check_runtime_arguments, runtime_from_arguments
 from sigrl.errors import UsageError
-from sigrl.registry import DATASET_NAMES, LOSSES, list_models
+from sigrl.registry import DATASET_NAMES, EVAL_PRECISIONS, LOSSES, list_models
 
 
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +42,7 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=non_negative_float, metavar="F",
                         help="share of the training images held out for model selection (nus-wide 0.1, coco/voc "
                              "0.2); 0: train on all of them and keep the last epoch")
-    parser.add_argument("--eval-precision", choices=("fp32", "bf16"), help="validation scoring (default fp32)")
+    parser.add_argument("--eval-precision", choices=EVAL_PRECISIONS, help="validation scoring (default fp32)")
     parser.add_argument("--distill-weight", type=non_negative_float)
     parser.add_argument("--rank-scale", type=non_negative_float, help="initial learnable ranking-loss scale (0: none)")
     parser.add_argument("--coop-n-ctx", type=non_negative_int, help="learn N CoOp context vectors (image side frozen)")

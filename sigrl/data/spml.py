@@ -15,13 +15,13 @@ dataset folder itself, so ``image_root`` must be given for VOC in their layout.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 import torch
 
 from sigrl.data.common import ImageFileDataset, require_file, train_val_split
 from sigrl.data.transforms import Transform
+from sigrl.files import atomic_file
 
 # Column order of Cole et al.'s formatted label files: COCO's 80 categories by ascending category id, and
 # VOC's 20 classes in the devkit's (alphabetical) order. Names are ready for a prompt: COCO's official
@@ -92,14 +92,8 @@ def _load_official_split(root: str, phase: str, num_classes: int) -> tuple[list[
 
 def _save_atomically(path: str, array: np.ndarray) -> None:
     """Write ``array`` to ``path`` through a temporary file in the same folder, so readers never see half a file."""
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".npy.tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.save(stream, array)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with atomic_file(path) as stream:
+        np.save(stream, array)
 
 
 def observed_labels(root: str, labels: np.ndarray, seed: int = 1200) -> np.ndarray:

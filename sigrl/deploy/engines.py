@@ -68,8 +68,8 @@ class EngineSpec:
 
     def profile(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
         """TensorRT-style optimisation profile: per input, its (min, opt, max) shape."""
-        levels = [{axis: r[i] for axis, r in self.axis_ranges.items()} for i in range(3)]
-        return {t.name: tuple(t.resolve(dims) for dims in levels) for t in self.inputs}
+        low, opt, high = ({axis: r[i] for axis, r in self.axis_ranges.items()} for i in range(3))
+        return {t.name: (t.resolve(low), t.resolve(opt), t.resolve(high)) for t in self.inputs}
 
     def warmup_inputs(self) -> dict[str, np.ndarray]:
         """Inputs at the smallest shapes of the profile that every runtime accepts: zeros for floats, and token
@@ -124,7 +124,7 @@ class EngineSpec:
         """
         import torch
 
-        return {t.name: {axis: torch.export.Dim.DYNAMIC for axis in t.dynamic_axes()} for t in self.inputs}
+        return {t.name: dict.fromkeys(t.dynamic_axes(), torch.export.Dim.DYNAMIC) for t in self.inputs}
 
 
 class TextGMCEngine(EngineSpec):
@@ -138,10 +138,16 @@ class TextGMCEngine(EngineSpec):
         dim = config.embed_dim
         super().__init__(
             inputs=(TensorSpec(self.TOKEN_IDS, "int32", ("C", "L")),),
-            outputs=(TensorSpec(self.LABEL_EMB, "float32", ("C", dim)), TensorSpec(self.GRAPH_EMB, "float32", ("C", dim))),
+            outputs=(TensorSpec(self.LABEL_EMB, "float32", ("C", dim)),
+                     TensorSpec(self.GRAPH_EMB, "float32", ("C", dim))),
             axis_ranges={"C": _class_range(opt_classes, max_classes), "L": (2, 16, CONTEXT_LENGTH)},
         )
         self.example_classes = 2 * config.gmc_node_chunk + 3  # > 2 chunks, not a multiple (see graphs.py)
+
+    @classmethod
+    def feeds(cls, token_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """The engine's inputs by name."""
+        return {cls.TOKEN_IDS: token_ids}
 
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
         """Token ids to trace the export with (the prompt length is the longest of these names)."""
@@ -165,12 +171,18 @@ class ImageSVFREngine(EngineSpec):
         size, dim = config.vision_cfg["image_size"], config.embed_dim
         super().__init__(
             inputs=(TensorSpec(self.IMAGES, "float32", ("B", 3, size, size)),
-                    TensorSpec(self.LABEL_EMB, "float32", ("C", dim)), TensorSpec(self.GRAPH_EMB, "float32", ("C", dim))),
+                    TensorSpec(self.LABEL_EMB, "float32", ("C", dim)),
+                    TensorSpec(self.GRAPH_EMB, "float32", ("C", dim))),
             outputs=(TensorSpec(self.SCORES, "float32", ("B", "C")),),
             axis_ranges={"B": (1, opt_batch, max_batch), "C": _class_range(opt_classes, max_classes)},
         )
         self.example_classes = 2 * config.class_chunk + 3
         self.image_size, self.dim = size, dim
+
+    @classmethod
+    def feeds(cls, images: np.ndarray, label_emb: np.ndarray, graph_emb: np.ndarray) -> dict[str, np.ndarray]:
+        """The engine's inputs by name."""
+        return {cls.IMAGES: images, cls.LABEL_EMB: label_emb, cls.GRAPH_EMB: graph_emb}
 
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
         """Two images and random embeddings: tracing needs B ≥ 2 and C above two chunks."""

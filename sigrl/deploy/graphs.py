@@ -55,7 +55,8 @@ def _per_class(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, chun
     def step(carry: torch.Tensor, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return carry.clone(), fn(xs)
 
-    _, out = scan(step, x.new_zeros((), dtype=torch.float32), _chunked(x, chunk))  # fp32: opset 18 has no bf16 ConstantOfShape
+    # the carried state is fp32: opset 18 has no bf16 ConstantOfShape
+    _, out = scan(step, x.new_zeros((), dtype=torch.float32), _chunked(x, chunk))
     return _unchunked(out, x.shape[0])
 
 
@@ -78,7 +79,8 @@ class TextGMCGraph(nn.Module):
         label_emb = self.model.encode_tokens(token_ids)
         gmc: LabelGraph = self.model.gmc
         hidden = F.elu(_gat_layer(gmc.layer1, label_emb, self.max_classes))
-        return label_emb.float(), _gat_layer(gmc.layer2, hidden, self.max_classes).float()  # the fp32 contract at any precision
+        # fp32 outputs at any precision: the engine contract
+        return label_emb.float(), _gat_layer(gmc.layer2, hidden, self.max_classes).float()
 
 
 def _softmax_parts(proj: nn.Linear, patches: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

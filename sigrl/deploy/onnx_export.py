@@ -9,11 +9,6 @@ written to a temporary folder beside the output and renamed into place only when
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -26,11 +21,12 @@ from torch import nn
 
 import sigrl
 from sigrl.checkpoint import load_checkpoint
-from sigrl.deploy.engines import MAX_CLASSES, EngineSpec, engine_specs
+from sigrl.deploy.engines import MAX_CLASSES, EngineSpec, ImageSVFREngine, engine_specs
 from sigrl.deploy.graphs import ImageSVFRGraph, TextGMCGraph
+from sigrl.deploy.metadata import EngineMetadata, file_sha256
 from sigrl.deploy.onnx_passes import close_scan_bodies, count_loops, per_image_loop, prune_scans, quantize_int8
 from sigrl.deploy.quantization import calibration_images, quantize_image_engine
-from sigrl.deploy.tolerances import TOLERANCES
+from sigrl.files import staged_files
 from sigrl.model import SigRL
 from sigrl.precision import cast_model, check_precision, float_precision
 from sigrl.preprocess import EvalTransform
@@ -49,45 +45,19 @@ def opset_for(precision: str) -> int:
     return LATE_OPSET if precision in ("bf16", *CALIBRATED_PRECISIONS) else OPSET
 
 
-METADATA_PREFIX = "sigrl."
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def engine_metadata(model: SigRL, spec: EngineSpec, checkpoint_sha256: str | None, precision: str = "fp32",
-                    export_precision: str | None = None) -> dict[str, str]:
-    """What a consumer of one engine file needs besides the graph, as ONNX ``metadata_props``.
-
-    ``precision`` is this graph's own; ``export_precision`` what ``sigrl export --precision`` asked for
-    (they differ for int8, whose text engine stays fp32).
-    """
+def engine_metadata(model: SigRL, spec: EngineSpec, checkpoint_sha256: str | None,
+                    precision: str = "fp32") -> dict[str, str]:
+    """What a consumer of one engine file needs besides the graph, as ONNX ``metadata_props``
+    (:class:`~sigrl.deploy.metadata.EngineMetadata`)."""
     config = model.config
     preprocess = EvalTransform(config.vision_cfg["image_size"], config.image_mean, config.image_std).describe()
-    values = {
-        "engine": spec.name, "config_name": model.config_name or "", "config": json.dumps(config.to_dict()),
-        "prompt_template": model.prompt_template, "preprocess": json.dumps(preprocess),
-        "vocabulary": json.dumps(model.vocabulary or []), "checkpoint_sha256": checkpoint_sha256 or "",
-        "opset": str(opset_for(precision)), "axis_ranges": json.dumps(spec.axis_ranges),
-        "precision": precision, "export_precision": export_precision or precision,
-        "tolerances": TOLERANCES[precision].to_json(),
-        "class_chunk": str(config.class_chunk), "gmc_node_chunk": str(config.gmc_node_chunk),
-        "sigrl_version": sigrl.__version__, "torch_version": torch.__version__,
-    }
-    return {METADATA_PREFIX + key: value for key, value in values.items()}
-
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The ``sigrl.*`` metadata of an exported engine, prefix removed (the weights are not loaded)."""
-    model = onnx.load(str(path), load_external_data=False)
-    return {p.key.removeprefix(METADATA_PREFIX): p.value for p in model.metadata_props
-            if p.key.startswith(METADATA_PREFIX)}
+    return EngineMetadata(
+        engine=spec.name, config=config, config_name=model.config_name or "", prompt_template=model.prompt_template,
+        preprocess=preprocess, vocabulary=list(model.vocabulary or []), checkpoint_sha256=checkpoint_sha256 or "",
+        opset=opset_for(precision), axis_ranges={k: list(v) for k, v in spec.axis_ranges.items()},
+        precision=precision, sigrl_version=sigrl.__version__,
+        torch_version=torch.__version__,
+    ).props()
 
 
 def _name_dynamic_axes(model: onnx.ModelProto, spec: EngineSpec) -> None:
@@ -113,6 +83,8 @@ def export_engine(module: nn.Module, spec: EngineSpec, example: tuple[torch.Tens
             module, example, input_names=spec.input_names, output_names=spec.output_names,
             dynamic_shapes=spec.export_dynamic_shapes(), opset_version=opset_for(precision), dynamo=True,
             external_data=False, verbose=False)
+    if program is None:  # only the TorchScript exporter (dynamo=False) returns nothing
+        raise RuntimeError(f"torch.onnx.export returned no program for {spec.name}")
     model = program.model_proto
     prune_scans(model.graph)
     if precision == "int8":
@@ -165,7 +137,7 @@ def calibration_feeds(model: SigRL, folder: str | Path, max_classes: int) -> Ite
         label_emb, graph_emb = (t.float().numpy() for t in model.encode_labels(tokenize(names, model.prompt_template)))
     for start in range(0, len(paths), CALIBRATION_BATCH):
         images = torch.stack([transform(load_rgb(str(p))) for p in paths[start:start + CALIBRATION_BATCH]])
-        yield {"images": images.numpy(), "label_emb": label_emb, "graph_emb": graph_emb}
+        yield ImageSVFREngine.feeds(images.numpy(), label_emb, graph_emb)
 
 
 def export_model(model: SigRL, out_dir: str | Path, checkpoint_sha256: str | None = None, precision: str = "fp32",
@@ -195,21 +167,16 @@ def export_model(model: SigRL, out_dir: str | Path, checkpoint_sha256: str | Non
     cast = {p: cast_model(model, float_precision(p)) for p in set(precisions.values())}
     jobs = [(TextGMCGraph(cast[precisions["text_gmc"]], max_classes).eval(), text_spec, None),
             (ImageSVFRGraph(cast[precisions["image_svfr"]], max_classes).eval(), image_spec, calibration)]
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
     report = {}
-    try:
+    with staged_files(out_dir) as staging:  # both engines, or neither
         for module, spec, feeds in jobs:
             start = time.perf_counter()
             own = precisions[spec.name]
-            metadata = engine_metadata(model, spec, checkpoint_sha256, own, precision)
+            metadata = engine_metadata(model, spec, checkpoint_sha256, own)
             proto = export_engine(module, spec, spec.example_inputs(), metadata, staging / spec.file_name, own, feeds)
             report[spec.name] = {"seconds": time.perf_counter() - start, "precision": own,
-                                 "loops": count_loops(proto.graph), "bytes": (staging / spec.file_name).stat().st_size}
-        for _, spec, _ in jobs:
-            os.replace(staging / spec.file_name, out_dir / spec.file_name)
-            report[spec.name]["path"] = out_dir / spec.file_name
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+                                 "path": out_dir / spec.file_name, "loops": count_loops(proto.graph),
+                                 "bytes": (staging / spec.file_name).stat().st_size}
     return report
 
 

@@ -21,7 +21,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import onnx
@@ -72,7 +72,7 @@ def _close_scan(node: onnx.NodeProto, outer: onnx.GraphProto, users: dict[str, i
     if not captured:
         return
     outer_inits = {t.name: t for t in outer.initializer}
-    num_states = len(node.input) - _attribute(node, "num_scan_inputs").i
+    num_states = len(node.input) - _required(node, "num_scan_inputs").i
     num_state_outputs = num_states  # body/node outputs: states first, then scan outputs
     new_node_inputs, new_body_inputs, new_body_outputs, new_node_outputs, passes = [], [], [], [], []
     for name in captured:
@@ -185,15 +185,23 @@ def _attribute(node: onnx.NodeProto, name: str) -> onnx.AttributeProto | None:
     return next((attr for attr in node.attribute if attr.name == name), None)
 
 
+def _required(node: onnx.NodeProto, name: str) -> onnx.AttributeProto:
+    """An attribute the operator requires (ValueError naming the node if the graph lacks it)."""
+    attr = _attribute(node, name)
+    if attr is None:
+        raise ValueError(f"{node.op_type} node {node.name!r} has no {name} attribute")
+    return attr
+
+
 def scan_body(node: onnx.NodeProto) -> onnx.GraphProto:
     """The body graph of a Scan node."""
-    return _attribute(node, "body").g
+    return _required(node, "body").g
 
 
 def add_scan_output(node: onnx.NodeProto, value: str, output: str) -> None:
     """Make ``value`` (computed in the Scan's body each iteration) a new scan output named ``output``: the
     values of all iterations stacked on axis 0. Keeps the per-output attributes, where present, aligned."""
-    num_outputs = len(node.output) - (len(node.input) - _attribute(node, "num_scan_inputs").i)
+    num_outputs = len(node.output) - (len(node.input) - _required(node, "num_scan_inputs").i)
     for name in ("scan_output_axes", "scan_output_directions"):
         attr = _attribute(node, name)
         if attr is not None and len(attr.ints) == num_outputs:
@@ -215,7 +223,7 @@ def _identity_chain(graph: onnx.GraphProto, name: str) -> tuple[str, list[onnx.N
 def _placeholder_states(node: onnx.NodeProto, body: onnx.GraphProto, read: set[str]) -> list[int]:
     """Loop states of a Scan that carry a placeholder: the body passes the state through unchanged
     (Identity nodes only), reads it for nothing else, and nobody reads its final value."""
-    num_states = len(node.input) - _attribute(node, "num_scan_inputs").i
+    num_states = len(node.input) - _required(node, "num_scan_inputs").i
     found = []
     for i in range(num_states):
         source, chain = _identity_chain(body, body.output[i].name)
@@ -244,7 +252,7 @@ def _keep_only(container, indices_to_drop: set[int]) -> None:
 def _prune_scan(node: onnx.NodeProto, read: set[str]) -> bool:
     """Drop the unread scan outputs and the placeholder states of one Scan node; True if it changed."""
     body = scan_body(node)
-    num_states = len(node.input) - _attribute(node, "num_scan_inputs").i
+    num_states = len(node.input) - _required(node, "num_scan_inputs").i
     states = set(_placeholder_states(node, body, read))
     outputs = {j for j in range(len(node.output) - num_states) if node.output[num_states + j] not in read}
     emptied = False
@@ -287,10 +295,12 @@ def prune_scans(graph: onnx.GraphProto, keep: set[str] | None = None) -> bool:
     keep = {v.name for v in graph.output} if keep is None else keep
     pruned = False
     while True:
-        changed = any([prune_scans(sub) for node in graph.node for sub in _subgraphs(node)])
+        # every body and every Scan is pruned in each round: lists, not any()'s short circuit
+        bodies = [prune_scans(sub) for node in graph.node for sub in _subgraphs(node)]
         read = _used_names(graph) | keep
-        changed |= any([_prune_scan(node, read) for node in graph.node if node.op_type == "Scan"])
-        changed |= _drop_unread(graph, keep)
+        scans = [_prune_scan(node, read) for node in graph.node if node.op_type == "Scan"]
+        changed = any(bodies) or any(scans)
+        changed = _drop_unread(graph, keep) or changed
         if not changed:
             return pruned
         pruned = True

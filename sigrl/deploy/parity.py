@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from sigrl.data.synthetic import SyntheticShapes
+from sigrl.deploy.engines import ImageSVFREngine, TextGMCEngine
 from sigrl.deploy.runtimes import EngineRuntime
 from sigrl.deploy.tolerances import TOLERANCES
 from sigrl.tokenizer import tokenize
@@ -78,7 +79,8 @@ def _score_row(stage: str, reference: np.ndarray, candidate: np.ndarray, precisi
     max_abs = float(np.abs(candidate - reference).max())
     top1 = topk_agreement(reference, candidate, 1, 2 * tol.score_max_abs)
     top5 = topk_agreement(reference, candidate, 5, 2 * tol.score_max_abs)
-    return ParityRow(stage, precision, reference.shape[1], reference.shape[0], max_abs, rel_l2(reference, candidate), top1, top5,
+    return ParityRow(stage, precision, reference.shape[1], reference.shape[0], max_abs, rel_l2(reference, candidate),
+                     top1, top5,
                      passed=max_abs <= tol.score_max_abs and top1 == 1.0 and top5 == 1.0)
 
 
@@ -102,8 +104,8 @@ def compare_runtimes(reference: EngineRuntime, candidate: EngineRuntime, vocabul
     """
     if precision is not None and precision not in TOLERANCES:
         raise ValueError(f"precision must be one of {sorted(TOLERANCES)}, got {precision!r}")
-    text = precision or candidate.engine_precisions["text_gmc"]
-    image = precision or candidate.engine_precisions["image_svfr"]
+    text = precision or candidate.engine_precisions[TextGMCEngine.name]
+    image = precision or candidate.engine_precisions[ImageSVFREngine.name]
     rows = []
     for token_ids in vocabularies:
         ref_t, ref_g = reference.encode_labels(token_ids)
@@ -112,8 +114,8 @@ def compare_runtimes(reference: EngineRuntime, candidate: EngineRuntime, vocabul
                  _embedding_row("text_gmc:graph_emb", ref_g, cand_g, text)]
         for images in image_batches:
             ref_scores = reference.score_images(images, ref_t, ref_g)
-            rows.append(_score_row("image_svfr:scores", ref_scores, candidate.score_images(images, ref_t, ref_g), image))
-            rows.append(_score_row("pipeline:scores", ref_scores, candidate.score_images(images, cand_t, cand_g), image))
+            for stage, vocabulary in (("image_svfr:scores", (ref_t, ref_g)), ("pipeline:scores", (cand_t, cand_g))):
+                rows.append(_score_row(stage, ref_scores, candidate.score_images(images, *vocabulary), image))
     return rows
 
 

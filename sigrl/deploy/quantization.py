@@ -141,7 +141,8 @@ def _expose(model: onnx.ModelProto, probes: dict[Scope, set[str]]) -> list[str]:
     return outputs
 
 
-def calibrate(model: onnx.ModelProto, sites: Sequence[_Site], feeds: Iterable[dict[str, np.ndarray]]) -> dict[str, float]:
+def calibrate(model: onnx.ModelProto, sites: Sequence[_Site],
+              feeds: Iterable[dict[str, np.ndarray]]) -> dict[str, float]:
     """The largest |value| (amax) of each site's activation over every feed, keyed by :func:`_probe_name`,
     measured by ONNX Runtime (CPU) on a copy of ``model`` with probes added."""
     import onnxruntime as ort
@@ -160,7 +161,7 @@ def calibrate(model: onnx.ModelProto, sites: Sequence[_Site], feeds: Iterable[di
     return amax
 
 
-def _scale(amax: np.ndarray, fmt: QuantFormat, dtype: np.dtype) -> np.ndarray:
+def _scale(amax: float | np.ndarray, fmt: QuantFormat, dtype: np.dtype) -> np.ndarray:
     """amax / limit in ``dtype`` (the type the graph computes in), never 0 nor below its smallest normal."""
     return np.maximum(np.asarray(amax, dtype=np.float32) / fmt.limit, np.finfo(dtype).tiny).astype(dtype)
 
@@ -220,9 +221,11 @@ def _quantized_weight(graph: onnx.GraphProto, weight: TensorProto, axis: int | N
     graph.initializer.extend([numpy_helper.from_array(fmt.quantize(values.astype(np.float32),
                                                                    shaped.astype(np.float32)), f"{name}__quantized"),
                               numpy_helper.from_array(scale, f"{name}__scale"), fmt.zero(scale.shape, f"{name}__zero")])
-    attrs = {"axis": channel} if channel is not None else {}
-    return [helper.make_node("DequantizeLinear", [f"{name}__quantized", f"{name}__scale", f"{name}__zero"],
-                             [f"{name}__dq"], name=f"{name}__dequantize", **attrs)]
+    node = helper.make_node("DequantizeLinear", [f"{name}__quantized", f"{name}__scale", f"{name}__zero"],
+                            [f"{name}__dq"], name=f"{name}__dequantize")
+    if channel is not None:
+        node.attribute.append(helper.make_attribute("axis", channel))
+    return [node]
 
 
 def quantize_image_engine(model: onnx.ModelProto, precision: str, feeds: Iterable[dict[str, np.ndarray]]) -> int:

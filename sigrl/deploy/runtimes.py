@@ -9,20 +9,21 @@ instead of repeating code per runtime.
 from __future__ import annotations
 
 import copy
-import json
 import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from sigrl.deploy.engines import MAX_CLASSES, ImageSVFREngine, TextGMCEngine, engine_specs
-from sigrl.deploy.onnx_export import read_metadata
-from sigrl.model import SigRL, SigRLConfig
+from sigrl.config import SigRLConfig
+from sigrl.deploy.engines import ImageSVFREngine, TextGMCEngine, engine_specs
+from sigrl.deploy.metadata import ExportedEngines
+from sigrl.model import SigRL
 from sigrl.precision import FLOAT_DTYPES, QUANTIZED_BASE, cast_model, check_precision
-from sigrl.registry import PRECISIONS, RUNTIMES
+from sigrl.registry import RUNTIMES
 from sigrl.tokenizer import trim_token_ids
 
 
@@ -40,12 +41,12 @@ class EngineRuntime(ABC):
     """
 
     name: str
-    engine_precisions: dict[str, str] = {"text_gmc": "fp32", "image_svfr": "fp32"}
+    engine_precisions: dict[str, str]  # by engine name
 
     @property
     def precision(self) -> str:
         """The precision the runtime was asked for (the image engine's: int8 keeps the text engine fp32)."""
-        return self.engine_precisions["image_svfr"]
+        return self.engine_precisions[ImageSVFREngine.name]
 
     @property
     @abstractmethod
@@ -91,7 +92,7 @@ class TorchRuntime(EngineRuntime):
             cast = copy.deepcopy(model)
         self.model = cast.to(self.device)
         self.dtype = FLOAT_DTYPES[precision]
-        self.engine_precisions = {"text_gmc": precision, "image_svfr": precision}
+        self.engine_precisions = {TextGMCEngine.name: precision, ImageSVFREngine.name: precision}
 
     @property
     def provider(self) -> str:
@@ -100,49 +101,20 @@ class TorchRuntime(EngineRuntime):
     @torch.no_grad()
     def _encode_labels(self, token_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ids = torch.from_numpy(token_ids).to(self.device, torch.long)
-        return tuple(t.float().cpu().numpy() for t in self.model.encode_labels(ids))
+        label_emb, graph_emb = self.model.encode_labels(ids)
+        return label_emb.float().cpu().numpy(), graph_emb.float().cpu().numpy()
 
     @torch.no_grad()
     def _score_images(self, images: np.ndarray, label_emb: np.ndarray, graph_emb: np.ndarray) -> np.ndarray:
-        tensors = [torch.from_numpy(a).to(self.device, self.dtype) for a in (images, label_emb, graph_emb)]
-        return self.model.score_images(*tensors).float().cpu().numpy()
+        pixels, labels, graph = (torch.from_numpy(a).to(self.device, self.dtype)
+                                 for a in (images, label_emb, graph_emb))
+        return self.model.score_images(pixels, labels, graph).float().cpu().numpy()
 
 
 def _on_device(model: nn.Module, device: torch.device) -> bool:
     """Whether the model's parameters are on ``device`` (``cuda`` without an index means the current GPU)."""
     where = next(model.parameters()).device
     return where.type == device.type and (device.index is None or where.index == device.index)
-
-
-def engine_config(engine_dir: str | Path) -> SigRLConfig:
-    """The model configuration recorded in the exported engines' metadata (clear error if they are missing)."""
-    engine_dir = Path(engine_dir)
-    missing = [s.file_name for s in (TextGMCEngine, ImageSVFREngine) if not (engine_dir / s.file_name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{engine_dir} lacks {', '.join(missing)}: create them with `sigrl export`")
-    metadata = read_metadata(engine_dir / TextGMCEngine.file_name)
-    if "config" not in metadata:
-        raise ValueError(f"{engine_dir / TextGMCEngine.file_name} has no sigrl metadata: not exported by sigrl")
-    return SigRLConfig(**json.loads(metadata["config"]))
-
-
-def engine_dir_specs(engine_dir: str | Path) -> tuple[TextGMCEngine, ImageSVFREngine]:
-    """The specs of the engines in ``engine_dir``: their configuration and the class range they were exported
-    for (``sigrl.axis_ranges``; engines without it take the default)."""
-    config = engine_config(engine_dir)  # names missing engines first
-    ranges = json.loads(read_metadata(Path(engine_dir) / TextGMCEngine.file_name).get("axis_ranges", "{}"))
-    return engine_specs(config, ranges.get("C", (1, 0, MAX_CLASSES))[2])
-
-
-def engine_precisions(engine_dir: str | Path) -> dict[str, str]:
-    """Each engine file's precision from its metadata; engines exported before precisions existed are fp32."""
-    precisions = {}
-    for spec in (TextGMCEngine, ImageSVFREngine):
-        precision = read_metadata(Path(engine_dir) / spec.file_name).get("precision", "fp32")
-        if precision not in PRECISIONS:
-            raise ValueError(f"{Path(engine_dir) / spec.file_name} declares unknown precision {precision!r}")
-        precisions[spec.name] = precision
-    return precisions
 
 
 def ort_providers(device: str) -> list[str]:
@@ -184,16 +156,16 @@ class OnnxRuntime(EngineRuntime):
                          for spec in (self.text_spec, self.image_spec)}
         active = self.sessions[ImageSVFREngine.name].get_providers()
         if active[0] != requested[0]:
-            warnings.warn(f"ONNX Runtime fell back from {requested[0]} to {active[0]} "
-                          "(are the CUDA/cuDNN libraries onnxruntime-gpu needs installed?)", RuntimeWarning)
+            warnings.warn(f"ONNX Runtime fell back from {requested[0]} to {active[0]} (are the CUDA/cuDNN "
+                          "libraries onnxruntime-gpu needs installed?)", RuntimeWarning, stacklevel=2)
         self._provider = active[0]
 
     def _read_engines(self, engine_dir: str | Path) -> Path:
         """Set the engine specs and precisions from the engines' metadata; returns the folder as a Path."""
-        engine_dir = Path(engine_dir)
-        self.text_spec, self.image_spec = engine_dir_specs(engine_dir)
-        self.engine_precisions = engine_precisions(engine_dir)
-        return engine_dir
+        exported = ExportedEngines.read(engine_dir)
+        self.text_spec, self.image_spec = exported.specs()
+        self.engine_precisions = exported.precisions()
+        return exported.folder
 
     @property
     def provider(self) -> str:
@@ -203,13 +175,13 @@ class OnnxRuntime(EngineRuntime):
         return self.sessions[engine].run(names, feeds)
 
     def _encode_labels(self, token_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        feeds = {"token_ids": token_ids}
+        feeds = TextGMCEngine.feeds(token_ids)
         self.text_spec.check_inputs(feeds)
         label_emb, graph_emb = self._run(self.text_spec.name, self.text_spec.output_names, feeds)
         return label_emb, graph_emb
 
     def _score_images(self, images: np.ndarray, label_emb: np.ndarray, graph_emb: np.ndarray) -> np.ndarray:
-        feeds = {"images": images, "label_emb": label_emb, "graph_emb": graph_emb}
+        feeds = ImageSVFREngine.feeds(images, label_emb, graph_emb)
         self.image_spec.check_inputs(feeds)
         return self._run(self.image_spec.name, self.image_spec.output_names, feeds)[0]
 
@@ -296,7 +268,7 @@ class TensorRTRuntime(EngineRuntime):
         for spec in (self.text_spec, self.image_spec):
             build = self.record.engines.get(spec.name)
             problems = build.matches(spec) if build else [f"has no entry for {spec.name}"]
-            if problems:
+            if build is None or problems:
                 raise ValueError(f"{plan_dir / 'build_record.json'}: " + "; ".join(problems))
             self.plans[spec.name] = _TensorRTPlan(trt, runtime, plan_dir / build.plan, spec, self.device)
 
@@ -305,12 +277,11 @@ class TensorRTRuntime(EngineRuntime):
         return f"TensorRT {self.record.tensorrt_version} on {self.device} ({self.record.gpu_name})"
 
     def _encode_labels(self, token_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        label_emb, graph_emb = self.plans[self.text_spec.name].run({"token_ids": token_ids})
+        label_emb, graph_emb = self.plans[self.text_spec.name].run(TextGMCEngine.feeds(token_ids))
         return label_emb, graph_emb
 
     def _score_images(self, images: np.ndarray, label_emb: np.ndarray, graph_emb: np.ndarray) -> np.ndarray:
-        feeds = {"images": images, "label_emb": label_emb, "graph_emb": graph_emb}
-        return self.plans[self.image_spec.name].run(feeds)[0]
+        return self.plans[self.image_spec.name].run(ImageSVFREngine.feeds(images, label_emb, graph_emb))[0]
 
 
 _TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32,
@@ -320,7 +291,7 @@ _TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bf
 class _TensorRTPlan:
     """One deserialized plan with its execution context, I/O dtypes and profile 0."""
 
-    def __init__(self, trt: object, runtime: object, path: Path, spec: TextGMCEngine | ImageSVFREngine,
+    def __init__(self, trt: Any, runtime: Any, path: Path, spec: TextGMCEngine | ImageSVFREngine,
                  device: torch.device) -> None:
         with torch.cuda.device(device):
             self.engine = runtime.deserialize_cuda_engine(path.read_bytes())

@@ -17,28 +17,25 @@ plans are written to a temporary folder beside the output and renamed into place
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from importlib import resources
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import onnx
 
-from sigrl.deploy.engines import EngineSpec
-from sigrl.deploy.onnx_export import file_sha256, read_metadata
+from sigrl.deploy.engines import EngineSpec, TensorSpec
+from sigrl.deploy.metadata import EngineMetadata, ExportedEngines, file_sha256
 from sigrl.deploy.onnx_passes import count_loops
-from sigrl.deploy.runtimes import engine_config, engine_dir_specs, engine_precisions
-from sigrl.precision import PRECISIONS
+from sigrl.deploy.triton_releases import container_tensorrt
+from sigrl.files import staged_files, write_atomic
+from sigrl.registry import HARDWARE_COMPAT, PRECISIONS
 
 PLAN_SUFFIX = ".plan"
 BUILD_RECORD = "build_record.json"
 RECORD_SCHEMA = "sigrl.tensorrt-build/2"
-HARDWARE_COMPAT = ("none", "ampere+")
 _HARDWARE_COMPAT_ENUM = {"ampere+": "AMPERE_PLUS"}  # HardwareCompatibilityLevel member per --hardware-compat
 # Precisions TensorRT builds, and the compute capability each needs: bf16 from Ampere (8.0), FP8 from Ada and
 # Hopper (8.9). The dynamic int8 graph (ONNX Runtime's MatMulInteger, DynamicQuantizeLinear) is for the CPU.
@@ -147,10 +144,9 @@ def trtexec_command(spec: EngineSpec, onnx_path: Path, plan_path: Path, features
     return " ".join(parts)
 
 
-def _interface(spec: EngineSpec) -> dict[str, dict[str, dict[str, Any]]]:
-    """The spec's inputs and outputs as JSON: ``{"inputs": {name: {"dtype", "shape"}}, "outputs": ...}``."""
-    return {kind: {t.name: {"dtype": t.dtype, "shape": list(t.shape)} for t in group}
-            for kind, group in (("inputs", spec.inputs), ("outputs", spec.outputs))}
+def _interface(tensors: Sequence[TensorSpec]) -> dict[str, dict[str, Any]]:
+    """A spec's inputs or outputs as JSON: ``{name: {"dtype", "shape"}}``."""
+    return {t.name: {"dtype": t.dtype, "shape": list(t.shape)} for t in tensors}
 
 
 @dataclass
@@ -172,26 +168,23 @@ class EngineBuild:
     plan_bytes: int | None = None
 
     @classmethod
-    def describe(cls, spec: EngineSpec, onnx_path: Path, plan_name: str, trtexec: str) -> EngineBuild:
+    def describe(cls, spec: EngineSpec, metadata: EngineMetadata, onnx_path: Path, plan_name: str,
+                 trtexec: str) -> EngineBuild:
         """The record of ``spec``'s plan before it is built: interface, profile, metadata, loops, ONNX hash."""
-        metadata = read_metadata(onnx_path)
-        config = json.loads(metadata["config"])
-        precision = metadata.get("precision", "fp32")
-        if precision not in PRECISIONS:
-            raise ValueError(f"{onnx_path} records precision {precision!r}, not one of {PRECISIONS}")
         return cls(engine=spec.name, plan=plan_name, onnx=onnx_path.name, onnx_sha256=file_sha256(onnx_path),
-                   precision=precision, class_chunk=int(metadata.get("class_chunk", config["class_chunk"])),
-                   loops=count_loops(onnx.load(str(onnx_path)).graph), **_interface(spec),
-                   profile=profile_shapes(spec), trtexec=trtexec)
+                   precision=metadata.precision, class_chunk=metadata.config.class_chunk,
+                   loops=count_loops(onnx.load(str(onnx_path)).graph), inputs=_interface(spec.inputs),
+                   outputs=_interface(spec.outputs), profile=profile_shapes(spec), trtexec=trtexec)
 
     def matches(self, spec: EngineSpec) -> list[str]:
         """How this plan's interface or profile differs from ``spec`` (empty when it fits)."""
         problems = []
         if self.engine != spec.name:
             problems.append(f"built for engine {self.engine!r}, not {spec.name!r}")
-        for kind, want in _interface(spec).items():
-            if getattr(self, kind) != want:
-                problems.append(f"{kind} {getattr(self, kind)} differ from the engine's {want}")
+        for kind, have, want in (("inputs", self.inputs, _interface(spec.inputs)),
+                                 ("outputs", self.outputs, _interface(spec.outputs))):
+            if have != want:
+                problems.append(f"{kind} {have} differ from the engine's {want}")
         if self.profile != profile_shapes(spec):
             problems.append(f"profile {self.profile} differs from the engine's {profile_shapes(spec)}")
         return problems
@@ -261,7 +254,8 @@ class BuildRecord:
         return found.pop()
 
 
-_JSON_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "None": type(None)}
+_JSON_TYPES: dict[str, type | tuple[type, ...]] = {
+    "str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "None": type(None)}
 
 
 def _checked(cls: type, data: Any, source: str) -> Any:
@@ -274,8 +268,9 @@ def _checked(cls: type, data: Any, source: str) -> Any:
     if unknown or missing:
         raise ValueError(f"{source}: missing keys {missing}, unknown keys {unknown}")
     for name, value in data.items():
-        allowed = [_JSON_TYPES[t.strip().split("[")[0]] for t in str(known[name].type).split("|")]
-        if isinstance(value, bool) and bool not in allowed or not isinstance(value, tuple(allowed)):
+        allowed: list[type | tuple[type, ...]] = [_JSON_TYPES[t.strip().split("[")[0]]
+                                                  for t in str(known[name].type).split("|")]
+        if (isinstance(value, bool) and bool not in allowed) or not isinstance(value, tuple(allowed)):
             raise ValueError(f"{source}: {name} must be {known[name].type}, got {type(value).__name__}")
     return cls(**data)
 
@@ -352,7 +347,7 @@ def _build_plan(trt: ModuleType, features: TensorRTFeatures, spec: EngineSpec, o
 def plan_commands(engines: Path, out: Path, features: TensorRTFeatures = TENSORRT_10,
                   options: BuildOptions = BuildOptions()) -> dict[str, str]:
     """Per engine, the trtexec command that builds its plan into ``out``."""
-    specs = engine_dir_specs(engines)
+    specs = ExportedEngines.read(engines).specs()
     return {s.name: trtexec_command(s, engines / s.file_name, out / f"{s.name}{PLAN_SUFFIX}", features, options)
             for s in specs}
 
@@ -366,7 +361,8 @@ def load_plans(engines: str | Path, plan_dir: str | Path, serving_tensorrt: str 
     files (SHA-256), or with a TensorRT the server cannot load it in.
     """
     engines, plan_dir = Path(engines), Path(plan_dir)
-    specs = engine_dir_specs(engines)
+    exported = ExportedEngines.read(engines)
+    specs = exported.specs()
     needed = [p for p in [*(plan_dir / f"{s.name}{PLAN_SUFFIX}" for s in specs), plan_dir / BUILD_RECORD]
               if not p.is_file()]
     if needed:
@@ -377,7 +373,7 @@ def load_plans(engines: str | Path, plan_dir: str | Path, serving_tensorrt: str 
     record = BuildRecord.load(plan_dir)
     for spec in specs:
         build, onnx_path = record.engines.get(spec.name), engines / spec.file_name
-        precision = read_metadata(onnx_path).get("precision", "fp32")
+        precision = exported.precisions()[spec.name]
         problems = build.matches(spec) if build else ["has no entry for this engine"]
         if build and build.precision != precision:
             problems.append(f"was built at {build.precision}, but {onnx_path} is {precision}")
@@ -390,22 +386,6 @@ def load_plans(engines: str | Path, plan_dir: str | Path, serving_tensorrt: str 
     return record
 
 
-@dataclass(frozen=True)
-class TritonRelease:
-    """The TensorRT (and CUDA) an NVIDIA Triton container ships, and where that fact comes from."""
-
-    tag: str
-    tensorrt: str
-    cuda: str | None
-    source: str
-
-
-def triton_releases() -> dict[str, TritonRelease]:
-    """``sigrl/deploy/data/triton_tensorrt.json``: Triton container tags whose TensorRT could be checked."""
-    text = resources.files("sigrl.deploy.data").joinpath("triton_tensorrt.json").read_text("utf-8")
-    return {row["tag"]: TritonRelease(**row) for row in json.loads(text)["containers"]}
-
-
 def _version(text: str, flag: str = "TensorRT version") -> tuple[int, ...]:
     """``10.13.3.9`` as (10, 13, 3, 9); ValueError naming ``flag`` unless it is major.minor.patch[.build]."""
     parts = text.strip().split(".")
@@ -416,7 +396,7 @@ def _version(text: str, flag: str = "TensorRT version") -> tuple[int, ...]:
 
 def serving_tensorrt(triton_container: str | None = None, tensorrt_version: str | None = None) -> str | None:
     """The TensorRT version of the Triton that will serve plans: ``tensorrt_version`` as given, or the one
-    ``triton_container`` (an NGC tag such as ``24.05-py3``) ships; None when neither is given."""
+    ``triton_container`` (an NGC tag such as ``25.01-py3``) ships; None when neither is given."""
     if triton_container is not None and tensorrt_version is not None:
         raise ValueError("give either --triton-container or --tensorrt-version, not both")
     if tensorrt_version is not None:
@@ -424,14 +404,10 @@ def serving_tensorrt(triton_container: str | None = None, tensorrt_version: str 
         return tensorrt_version
     if triton_container is None:
         return None
-    releases = triton_releases()
-    tag = triton_container.removeprefix("nvcr.io/nvidia/tritonserver:")
-    if tag not in releases:
-        raise ValueError(f"--triton-container {triton_container}: sigrl does not know that container's TensorRT "
-                         f"(it knows {', '.join(sorted(releases))}); pass --tensorrt-version X.Y.Z instead, as "
-                         f'`docker run --rm nvcr.io/nvidia/tritonserver:{tag} bash -c "dpkg -l | grep tensorrt"` '
-                         "shows it")
-    return releases[tag].tensorrt
+    try:
+        return container_tensorrt(triton_container)
+    except ValueError as err:
+        raise ValueError(f"--triton-container: {err}; pass that version as --tensorrt-version X.Y.Z") from None
 
 
 def serving_problems(record: BuildRecord, serving: str) -> list[str]:
@@ -456,9 +432,9 @@ def serving_problems(record: BuildRecord, serving: str) -> list[str]:
             f"later one of the same major version (10.x also in 11.x), not in the server's {serving}"]
 
 
-def check_plan_precisions(engines: Path) -> dict[str, str]:
+def check_plan_precisions(exported: ExportedEngines) -> dict[str, str]:
     """Each engine's precision, or ValueError for one TensorRT does not build (the CPU-only dynamic int8)."""
-    precisions = engine_precisions(engines)
+    precisions, engines = exported.precisions(), exported.folder
     if "int8" in precisions.values():
         raise ValueError(f"{engines} holds int8 engines: ONNX Runtime's dynamic quantization (MatMulInteger, "
                          "DynamicQuantizeLinear), which TensorRT cannot import; for TensorRT export with "
@@ -466,23 +442,22 @@ def check_plan_precisions(engines: Path) -> dict[str, str]:
     return precisions
 
 
-def describe_build(engines: Path, out: Path, features: TensorRTFeatures, options: BuildOptions,
+def describe_build(exported: ExportedEngines, out: Path, features: TensorRTFeatures, options: BuildOptions,
                    gpu: tuple[str, str, str | None]) -> BuildRecord:
-    """The record of building the plans of ``engines`` into ``out`` on ``gpu`` (name, compute capability,
-    CUDA version), before the build: everything but the seconds and sizes, which the build fills in."""
-    config = engine_config(engines)
-    specs = engine_dir_specs(engines)
+    """The record of building the plans of the ``exported`` engines into ``out`` on ``gpu`` (name, compute
+    capability, CUDA version), before the build: everything but the seconds and sizes, which the build fills in."""
+    specs, engines = exported.specs(), exported.folder
     record = BuildRecord(tensorrt_version=features.version, strongly_typed=True,
                          version_compatible=options.version_compatible, gpu_name=gpu[0],
                          compute_capability=gpu[1], cuda_version=gpu[2], hardware_compat=options.hardware_compat,
                          builder_optimization_level=options.builder_optimization_level,
                          workspace_gb=options.workspace_gb,
-                         config_name=read_metadata(engines / specs[0].file_name).get("config_name", ""),
-                         config=config.to_dict(), max_classes=specs[0].axis_ranges["C"][2])
-    for spec in specs:
+                         config_name=exported.text.config_name, config=exported.config.to_dict(),
+                         max_classes=specs[0].axis_ranges["C"][2])
+    for spec, metadata in zip(specs, (exported.text, exported.image), strict=True):
         plan_name = f"{spec.name}{PLAN_SUFFIX}"
         command = trtexec_command(spec, engines / spec.file_name, out / plan_name, features, options)
-        record.engines[spec.name] = EngineBuild.describe(spec, engines / spec.file_name, plan_name, command)
+        record.engines[spec.name] = EngineBuild.describe(spec, metadata, engines / spec.file_name, plan_name, command)
     return record
 
 
@@ -494,8 +469,9 @@ def build_plans(engines: str | Path, out: str | Path, options: BuildOptions = Bu
     """
     engines, out = Path(engines), Path(out)
     options.check()
-    specs = engine_dir_specs(engines)
-    precisions = check_plan_precisions(engines)
+    exported = ExportedEngines.read(engines)
+    specs = exported.specs()
+    precisions = check_plan_precisions(exported)
     trt = import_tensorrt()
     features = TensorRTFeatures.detect(trt)
     if options.hardware_compat != "none" and not features.hardware_compat:
@@ -508,13 +484,11 @@ def build_plans(engines: str | Path, out: str | Path, options: BuildOptions = Bu
         if tuple(map(int, gpu[1].split("."))) < need:
             raise ValueError(f"{precision} plans need a GPU of compute capability {need[0]}.{need[1]} or newer; "
                              f"{gpu[0]} has {gpu[1]}")
-    record = describe_build(engines, out, features, options, gpu)
+    record = describe_build(exported, out, features, options, gpu)
     cache_path = options.timing_cache
     timing_cache = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""
 
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".build-engines-", dir=out))
-    try:
+    with staged_files(out) as staging:
         for spec in specs:
             build = record.engines[spec.name]
             start = time.perf_counter()
@@ -522,23 +496,6 @@ def build_plans(engines: str | Path, out: str | Path, options: BuildOptions = Bu
             build.build_seconds, build.plan_bytes = round(time.perf_counter() - start, 3), len(plan)
             (staging / build.plan).write_bytes(plan)
         (staging / BUILD_RECORD).write_text(record.to_json())
-        for name in [*(b.plan for b in record.engines.values()), BUILD_RECORD]:
-            os.replace(staging / name, out / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     if cache_path is not None:
-        _write_atomically(cache_path, timing_cache)
+        write_atomic(cache_path, timing_cache)
     return record
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

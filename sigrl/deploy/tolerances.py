@@ -9,8 +9,7 @@ rounding error; the reduced precisions are held to what they can keep, measured 
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -20,9 +19,6 @@ class Tolerance:
     embedding_max_abs: float
     embedding_rel_l2: float
     score_max_abs: float
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
 
 
 TOLERANCES = {

@@ -61,6 +61,7 @@ from sigrl.serving.protocol import (
     SETTING_CONFIG,
     SETTING_ENGINE_FILE,
     SETTING_LOCAL_ENGINES,
+    SETTING_MAX_CLASSES,
     SETTING_PROMPT_TEMPLATE,
     SETTING_THRESHOLDS,
     SETTING_VOCABULARY,
@@ -191,9 +192,10 @@ def _warm_up(model: str, session: EngineSession) -> None:
                                     "cannot score will be refused")
 
 
-def _engine_spec(config: Mapping[str, Any], engine: str) -> EngineSpec:
-    """The spec of ``engine`` for the model configuration a settings file records."""
-    return next(spec for spec in engine_specs(SigRLConfig(**config)) if spec.name == engine)
+def _engine_spec(settings: Mapping[str, Any], engine: str) -> EngineSpec:
+    """The spec of ``engine`` for the model configuration and class range a settings file records."""
+    specs = engine_specs(SigRLConfig(**settings[SETTING_CONFIG]), settings[SETTING_MAX_CLASSES])
+    return next(spec for spec in specs if spec.name == engine)
 
 
 class _EngineModel:
@@ -205,7 +207,7 @@ class _EngineModel:
         settings = read_settings(args)
         threads = int(model_parameters(args["model_config"]).get(PARAM_THREADS, 0))
         self.engine_session = EngineSession(version_dir(args) / settings[SETTING_ENGINE_FILE],
-                                            _engine_spec(settings[SETTING_CONFIG], self.engine), threads)
+                                            _engine_spec(settings, self.engine), threads)
         _warm_up(self.engine, self.engine_session)
 
     def run(self, request: Any) -> dict[str, np.ndarray]:
@@ -305,7 +307,7 @@ class SigRLModel:
         self.default_vocabulary: Vocabulary = tuple(settings[SETTING_VOCABULARY])
         repository = Path(args["model_repository"]).parent
         threads = int(params.get(PARAM_THREADS, 0))
-        self.local_engines = {name: EngineSession(repository / path, _engine_spec(settings[SETTING_CONFIG], name),
+        self.local_engines = {name: EngineSession(repository / path, _engine_spec(settings, name),
                                                   threads)
                               for name, path in settings.get(SETTING_LOCAL_ENGINES, {}).items()}
         for session in self.local_engines.values():

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from sigrl import __version__
+from sigrl.files import staged_folder
 from sigrl.serving.protocol import ENTRY_MODEL
 from sigrl.serving.server import triton_flags
 
@@ -417,17 +416,9 @@ def write_manifests(spec: ClusterSpec, out: Path, overwrite: bool = False) -> li
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
         raise FileExistsError(f"--out {out} exists and is not an empty folder: pass --overwrite to replace it")
     files = manifests(spec)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as staging:
         for name, manifest in files.items():
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
             (staging / name).write_text(f"# Written by sigrl {__version__} (sigrl deploy k8s).\n"
                                         + yaml.safe_dump(manifest, sort_keys=False, width=120))
-        staging.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return [out / name for name in files]

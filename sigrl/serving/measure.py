@@ -8,7 +8,6 @@ differ only by what serving adds (gRPC, Triton's scheduler, the python backend's
 from __future__ import annotations
 
 import io
-import json
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sigrl.deploy.onnx_export import read_metadata
+from sigrl.deploy.metadata import read_metadata
 from sigrl.deploy.runtimes import OnnxRuntime
 from sigrl.serving.images import ImagePreprocessor
 from sigrl.tokenizer import tokenize
@@ -30,8 +29,8 @@ class InProcessTagger:
     def __init__(self, engine_dir: str | Path, device: str = "cpu") -> None:
         self.runtime = OnnxRuntime(engine_dir, device=device)
         meta = read_metadata(Path(engine_dir) / self.runtime.image_spec.file_name)
-        self.template = meta["prompt_template"]
-        self.preprocessor = ImagePreprocessor(json.loads(meta["preprocess"]))
+        self.template = meta.prompt_template
+        self.preprocessor = ImagePreprocessor(meta.preprocess)
         self._cache: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
 
     def pixels(self, images: list[bytes]) -> np.ndarray:

@@ -38,6 +38,7 @@ PARAM_PRECISION = "precision"  # an engine model's precision, for operators and 
 # The settings file in each python model's version folder, written by the repository builder (not shown to clients).
 SETTINGS_FILE = "sigrl.json"
 SETTING_CONFIG = "config"  # the model configuration the engines were exported from
+SETTING_MAX_CLASSES = "max_classes"  # the largest vocabulary the engines were exported for (`sigrl export`)
 SETTING_VOCABULARY = "vocabulary"
 SETTING_PROMPT_TEMPLATE = "prompt_template"
 SETTING_BPE_VOCAB = "bpe_vocab"  # the tokenizer's vocabulary file, relative to the version folder

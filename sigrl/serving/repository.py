@@ -21,9 +21,7 @@ folder beside ``out`` and renamed into place only when complete.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -34,10 +32,11 @@ from google.protobuf import text_encoding, text_format
 
 from sigrl.bpe import VOCAB_FILE, clip_bpe, default_vocab_file
 from sigrl.deploy.engines import EngineSpec
-from sigrl.deploy.onnx_export import read_metadata
-from sigrl.deploy.runtimes import engine_dir_specs, engine_precisions
+from sigrl.deploy.metadata import ExportedEngines
 from sigrl.deploy.tensorrt import BuildRecord, load_plans
+from sigrl.files import staged_folder
 from sigrl.preprocess import EvalTransform
+from sigrl.registry import ENTRY_ENGINES, ORT_TENSORRT_PRECISIONS, SERVED_RUNTIMES
 from sigrl.serving.backend import ImageSVFRModel, SigRLModel, TextGMCModel
 from sigrl.serving.protocol import (
     ENTRY_MODEL,
@@ -59,6 +58,7 @@ from sigrl.serving.protocol import (
     SETTING_CONFIG,
     SETTING_ENGINE_FILE,
     SETTING_LOCAL_ENGINES,
+    SETTING_MAX_CLASSES,
     SETTING_PROMPT_TEMPLATE,
     SETTING_THRESHOLDS,
     SETTING_VOCABULARY,
@@ -69,9 +69,9 @@ from sigrl.serving.vocabulary import max_label_tokens
 from sigrl.thresholds import Thresholds
 
 Runtime = Literal["python", "onnxruntime", "tensorrt"]
-RUNTIMES: tuple[Runtime, ...] = ("python", "onnxruntime", "tensorrt")
+RUNTIMES: tuple[str, ...] = SERVED_RUNTIMES
 EntryEngines = Literal["local", "bls"]
-ENTRY_ENGINES: tuple[EntryEngines, ...] = ("local", "bls")
+
 VERSION = "1"
 # 0: a request is never held back waiting for others; those that queue while the model is busy still batch
 ENTRY_QUEUE_DELAY_US = 0
@@ -81,7 +81,6 @@ _TRITON_TYPES = {"float32": "TYPE_FP32", "int32": "TYPE_INT32"}
 _ENGINE_BACKENDS = {"python": 'backend: "python"', "onnxruntime": 'platform: "onnxruntime_onnx"',
                     "tensorrt": 'platform: "tensorrt_plan"'}
 _PYTHON_MODELS = {cls.engine: cls for cls in (TextGMCModel, ImageSVFRModel)}
-ORT_TENSORRT_PRECISIONS = ("FP32", "FP16", "BF16", "INT8")
 _INSTALL_HINT = 'pip install -c constraints.txt -e ".[serve]"'
 
 
@@ -264,7 +263,8 @@ def _check_runtime_options(runtime: Runtime, plans: Sequence[Path], ort_tensorrt
     if plans and runtime != "tensorrt":
         raise ValueError("plans (--plans) are served by the tensorrt runtime only")
     if tensorrt_version and runtime != "tensorrt":
-        raise ValueError("the serving TensorRT (--triton-container, --tensorrt-version) checks plans: tensorrt runtime only")
+        raise ValueError("the serving TensorRT (--triton-container, --tensorrt-version) checks plans: "
+                         "tensorrt runtime only")
     if (ort_tensorrt or ort_tensorrt_cache) and runtime != "onnxruntime":
         raise ValueError("ONNX Runtime's TensorRT accelerator (--ort-tensorrt) needs the onnxruntime runtime")
     if ort_tensorrt_cache and not ort_tensorrt:
@@ -294,15 +294,14 @@ def ort_tensorrt_accelerator(precision_mode: str, engine_cache: str | None = Non
             f'{{ name: "tensorrt" {parameters} }} ] }} }}')
 
 
-def _preprocess_params(metadata: Mapping[str, str], image_size: int) -> dict[str, Any]:
+def _preprocess_params(params: Mapping[str, Any], image_size: int) -> dict[str, Any]:
     """The engines' recorded preprocessing, checked to be the evaluation transform the server applies."""
-    params = json.loads(metadata["preprocess"])
     expected = {key: value for key, value in EvalTransform(image_size).describe().items()
                 if key not in ("mean", "std", "scale")}  # the server applies the engines' mean and std
     different = {k: params.get(k) for k, v in expected.items() if params.get(k) != v}
     if different:
         raise ValueError(f"the engines record preprocessing {different}, but the server applies {expected}")
-    return params
+    return dict(params)
 
 
 def _check_range(name: str, value: int, low: int, high: int | None = None) -> None:
@@ -316,17 +315,6 @@ def _check_target(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty: pass overwrite=True (--overwrite) to replace it")
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    """Rename the finished ``staging`` folder to ``out``; an existing ``out`` is renamed away first, then removed."""
-    if out.is_dir() and any(out.iterdir()):
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old)  # ``old`` is an empty folder: replacing it is allowed
-        os.replace(staging, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(staging, out)  # onto nothing or an empty folder
 
 
 def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: int = 32, cache_size: int = 32,
@@ -364,9 +352,10 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
     if unknown:
         raise TypeError(f"build_repository() got unknown caps {unknown}")
     engines, out = Path(engines), Path(out)
-    text_spec, image_spec = specs = engine_dir_specs(engines)
-    metadata = read_metadata(engines / text_spec.file_name)
-    template, vocabulary = metadata["prompt_template"], json.loads(metadata["vocabulary"])
+    exported = ExportedEngines.read(engines)
+    config, metadata = exported.config, exported.text
+    text_spec, image_spec = specs = exported.specs()
+    template, vocabulary = metadata.prompt_template, metadata.vocabulary
     class_max, batch_max = text_spec.axis_ranges["C"][2], image_spec.axis_ranges["B"][2]
     bpe_vocab = default_vocab_file()
     token_max = max_label_tokens(template, clip_bpe(str(bpe_vocab)))
@@ -380,7 +369,7 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
     _check_range("queue_delay_us", queue_delay_us, 0)
     _check_range("threads", threads, 0)
     instances.check(runtime)
-    preprocess = _preprocess_params(metadata, image_spec.image_size)
+    preprocess = _preprocess_params(metadata.preprocess, image_spec.image_size)
     _check_target(out, overwrite)
     _check_runtime_options(runtime, plans, ort_tensorrt, ort_tensorrt_cache, tensorrt_version)
     entry_engines = entry_engines or ("local" if runtime == "python" else "bls")
@@ -391,7 +380,7 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
                          f"runtime; the {runtime} runtime serves them on the GPU through BLS")
     files = _engine_files(engines, runtime, specs, plans, tensorrt_version)
     extra = _engine_extras(runtime, files, ort_tensorrt, ort_tensorrt_cache)
-    precisions = engine_precisions(engines)
+    precisions = exported.precisions()
     if runtime == "python" and "bf16" in precisions.values():
         raise ValueError(f"the engines in {engines} are bf16, which ONNX Runtime's CPU provider (the python runtime) "
                          "cannot run: serve them as TensorRT plans (--runtime tensorrt) or with onnxruntime on a GPU")
@@ -400,8 +389,8 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
                                         **({PARAM_THREADS: threads} if runtime == "python" else {})}))
 
     settings: dict[str, dict[str, Any]] = {ENTRY_MODEL: {
-        SETTING_CONFIG: config.to_dict(), SETTING_VOCABULARY: vocabulary, SETTING_PROMPT_TEMPLATE: template,
-        SETTING_BPE_VOCAB: VOCAB_FILE}}
+        SETTING_CONFIG: config.to_dict(), SETTING_MAX_CLASSES: class_max, SETTING_VOCABULARY: vocabulary,
+        SETTING_PROMPT_TEMPLATE: template, SETTING_BPE_VOCAB: VOCAB_FILE}}
     if thresholds is not None:
         settings[ENTRY_MODEL][SETTING_THRESHOLDS] = thresholds.to_json()
     if entry_engines == "local":
@@ -411,11 +400,10 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
     if runtime == "python":
         python_models.update(_PYTHON_MODELS)
         for spec in specs:
-            settings[spec.name] = {SETTING_CONFIG: config.to_dict(), SETTING_ENGINE_FILE: spec.file_name}
+            settings[spec.name] = {SETTING_CONFIG: config.to_dict(), SETTING_MAX_CLASSES: class_max,
+                                   SETTING_ENGINE_FILE: spec.file_name}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
-    try:
+    with staged_folder(out) as staging:
         configs = {spec.name: engine_model_config(spec, runtime, extra[spec.name], instances) for spec in specs}
         configs[ENTRY_MODEL] = entry_model_config(max_batch, limits, cache_size, tokenizer_cache_size, preprocess,
                                                   template, vocabulary, queue_delay_us, tags=thresholds is not None,
@@ -435,8 +423,4 @@ def build_repository(engines: Path, runtime: Runtime, out: Path, *, max_batch: i
             for source, target in files.get(name, []):
                 shutil.copyfile(source, staging / name / VERSION / target)
         shutil.copyfile(bpe_vocab, staging / ENTRY_MODEL / VERSION / VOCAB_FILE)  # the served tokenizer's vocabulary
-        os.chmod(staging, 0o755)  # mkdtemp made it private
-        _move_into_place(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out

@@ -1,0 +1,125 @@
+"""What ``sigrl export`` records in each engine file, written and read here only.
+
+Every exported ONNX file carries ``metadata_props`` under the ``sigrl.`` prefix (docs/engines.md lists them).
+:class:`EngineMetadata` is one file's record; :class:`ExportedEngines` is a folder of ``sigrl export``, read once
+by whatever consumes it (runtimes, ``sigrl build-engines``, ``sigrl triton-repo``). Reading needs ``onnx`` but
+not torch, and loads no weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sigrl.config import SigRLConfig
+from sigrl.deploy.engines import ImageSVFREngine, TextGMCEngine, engine_specs
+from sigrl.registry import MAX_CLASSES, PRECISIONS
+
+PREFIX = "sigrl."
+_JSON_KEYS = ("config", "preprocess", "vocabulary", "axis_ranges")
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class EngineMetadata:
+    """One engine file's ``sigrl.*`` record: what runtimes, the plan builder and the repository builder read
+    (configuration, preprocessing, vocabulary, prompt template, class range, precision, checkpoint hash), and
+    where it came from (engine, opset, versions). ``precision`` is this graph's own (an int8 export keeps its
+    text engine fp32). Files exported before a key existed read as its default (fp32, the default class range);
+    keys sigrl no longer writes are ignored."""
+
+    engine: str
+    config: SigRLConfig
+    config_name: str = ""
+    prompt_template: str = ""
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    vocabulary: list[str] = field(default_factory=list)
+    checkpoint_sha256: str = ""
+    opset: int = 0
+    axis_ranges: dict[str, list[int]] = field(default_factory=dict)
+    precision: str = "fp32"
+    sigrl_version: str = ""
+    torch_version: str = ""
+
+    @property
+    def max_classes(self) -> int:
+        """The largest vocabulary (C) the engine takes."""
+        return int(self.axis_ranges.get("C", (1, 0, MAX_CLASSES))[2])
+
+    def props(self) -> dict[str, str]:
+        """The record as ONNX ``metadata_props`` (prefixed keys, JSON for structured values)."""
+        values: dict[str, Any] = {
+            "engine": self.engine, "config_name": self.config_name, "config": self.config.to_dict(),
+            "prompt_template": self.prompt_template, "preprocess": self.preprocess, "vocabulary": self.vocabulary,
+            "checkpoint_sha256": self.checkpoint_sha256, "opset": self.opset, "axis_ranges": self.axis_ranges,
+            "precision": self.precision, "sigrl_version": self.sigrl_version, "torch_version": self.torch_version,
+        }
+        return {PREFIX + key: json.dumps(value) if key in _JSON_KEYS else str(value) for key, value in values.items()}
+
+    @classmethod
+    def parse(cls, props: Mapping[str, str], source: str | Path) -> EngineMetadata:
+        """The record in ``props`` (ONNX ``metadata_props`` as a mapping); ValueError naming ``source`` when it
+        is not a sigrl engine or records a precision sigrl does not know."""
+        values = {key.removeprefix(PREFIX): value for key, value in props.items() if key.startswith(PREFIX)}
+        if "config" not in values or "engine" not in values:
+            raise ValueError(f"{source} has no sigrl metadata: not exported by `sigrl export`")
+        known: dict[str, Any] = {name: json.loads(values[name]) if name in _JSON_KEYS else values[name]
+                                 for name in cls.__dataclass_fields__ if name in values}
+        known["config"] = SigRLConfig(**known["config"])
+        known["opset"] = int(known.get("opset", 0))
+        metadata = cls(**known)
+        if metadata.precision not in PRECISIONS:
+            raise ValueError(f"{source} records precision {metadata.precision!r}, not one of {PRECISIONS}")
+        return metadata
+
+
+def read_metadata(path: str | Path) -> EngineMetadata:
+    """The record of the engine file at ``path`` (its weights are not loaded)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return EngineMetadata.parse({p.key: p.value for p in model.metadata_props}, path)
+
+
+@dataclass(frozen=True)
+class ExportedEngines:
+    """A folder of ``sigrl export``: both engine files' records, read once."""
+
+    folder: Path
+    text: EngineMetadata
+    image: EngineMetadata
+
+    @classmethod
+    def read(cls, folder: str | Path) -> ExportedEngines:
+        """The records in ``folder``; FileNotFoundError naming the missing engine files."""
+        folder = Path(folder)
+        missing = [s.file_name for s in (TextGMCEngine, ImageSVFREngine) if not (folder / s.file_name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder} lacks {', '.join(missing)}: create them with `sigrl export`")
+        return cls(folder, read_metadata(folder / TextGMCEngine.file_name),
+                   read_metadata(folder / ImageSVFREngine.file_name))
+
+    @property
+    def config(self) -> SigRLConfig:
+        """The model configuration the engines were exported from."""
+        return self.text.config
+
+    def specs(self) -> tuple[TextGMCEngine, ImageSVFREngine]:
+        """Both engines' specs, with the class range they were exported for."""
+        return engine_specs(self.config, self.text.max_classes)
+
+    def precisions(self) -> dict[str, str]:
+        """Each engine's precision, by engine name."""
+        return {TextGMCEngine.name: self.text.precision, ImageSVFREngine.name: self.image.precision}
