@@ -20,7 +20,7 @@ from sigrl.deploy.engines import ImageSVFREngine, TextGMCEngine, engine_specs
 from sigrl.registry import MAX_CLASSES, PRECISIONS
 
 PREFIX = "sigrl."
-_JSON_KEYS = ("config", "preprocess", "vocabulary", "axis_ranges")
+_JSON_KEYS = {"config": dict, "preprocess": dict, "vocabulary": list, "axis_ranges": dict}  # and their JSON types
 
 
 def file_sha256(path: str | Path) -> str:
@@ -75,21 +75,48 @@ class EngineMetadata:
         values = {key.removeprefix(PREFIX): value for key, value in props.items() if key.startswith(PREFIX)}
         if "config" not in values or "engine" not in values:
             raise ValueError(f"{source} has no sigrl metadata: not exported by `sigrl export`")
-        known: dict[str, Any] = {name: json.loads(values[name]) if name in _JSON_KEYS else values[name]
-                                 for name in cls.__dataclass_fields__ if name in values}
-        known["config"] = SigRLConfig(**known["config"])
-        known["opset"] = int(known.get("opset", 0))
+        known: dict[str, Any] = {}
+        for name in cls.__dataclass_fields__:
+            if name not in values:
+                continue
+            try:
+                known[name] = _parse_value(name, values[name])
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"{source}: metadata {PREFIX}{name} is not valid ({err})") from None
         metadata = cls(**known)
         if metadata.precision not in PRECISIONS:
             raise ValueError(f"{source} records precision {metadata.precision!r}, not one of {PRECISIONS}")
         return metadata
 
 
+def _parse_value(name: str, text: str) -> Any:
+    """One metadata value as :class:`EngineMetadata` holds it; ValueError or TypeError when it is malformed."""
+    if name == "opset":
+        return int(text)
+    if name not in _JSON_KEYS:
+        return text
+    value = json.loads(text)
+    if not isinstance(value, _JSON_KEYS[name]):
+        raise TypeError(f"a JSON {_JSON_KEYS[name].__name__} was expected, got {type(value).__name__}")
+    if name == "config":
+        return SigRLConfig(**value)
+    if name == "vocabulary" and not all(isinstance(label, str) for label in value):
+        raise TypeError("labels must be strings")
+    if name == "axis_ranges" and not all(isinstance(r, list) and len(r) == 3 and all(isinstance(n, int) for n in r)
+                                         for r in value.values()):
+        raise TypeError("each axis needs [min, opt, max] integers")
+    return value
+
+
 def read_metadata(path: str | Path) -> EngineMetadata:
     """The record of the engine file at ``path`` (its weights are not loaded)."""
     import onnx
+    from google.protobuf.message import DecodeError
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except DecodeError as err:
+        raise ValueError(f"{path} is not an ONNX model (truncated or another file: {err})") from None
     return EngineMetadata.parse({p.key: p.value for p in model.metadata_props}, path)
 
 
