@@ -227,6 +227,12 @@ def test_deploy_k8s_writes_the_folder_and_says_how_to_build_and_apply(tmp_path, 
     (["--name", "Sigrl_1"], "--name 'Sigrl_1' must be a DNS label"),
     (["--repo-uri", "pvc://claim/repo", "--credentials-secret", "s"], "--credentials-secret is for s3://"),
     (["--gpus", "-1"], "argument --gpus: must be at least 0"),
+    # what ends up in the printed shell commands and the manifests: nothing a shell or YAML reader would split
+    (["--triton-tag", "25.01-py3;rm -rf ~"], "--triton-tag '25.01-py3;rm -rf ~' is not an image tag"),
+    (["--image", "Reg.io/Bad Image"], "is not an image reference"),
+    (["--credentials-secret", "A_B"], "--credentials-secret 'A_B' is not a Secret name"),
+    (["--admin-key-secret", "key$(id)"], "--admin-key-secret 'key$(id)' is not a Secret name"),
+    (["--repo-uri", 's3://b/r" --model-control-mode=explicit'], "holds white space, quotes or backslashes"),
 ])
 def test_deploy_k8s_mistakes_are_one_line_naming_the_flag(tmp_path, capsys, argv, message):
     base = {"--repo-uri": "s3://bucket/repo", "--out": str(tmp_path / "k8s")}

@@ -67,8 +67,8 @@ def cmd_k8s(args: argparse.Namespace) -> int:
     out = Path(args.out)
     print(f"{len(files)} files written to {out} (Triton {tag}, image {image})")
     extras = "" if spec.gpus else f" --build-arg SIGRL_EXTRAS={PYTHON_RUNTIME_EXTRA}"  # CPU: the python runtime
-    print(f"build the image:  python -m pip wheel --no-deps -w dist . && "
-          f"docker build -f Containerfile --build-arg TRITON_TAG={tag}{extras} -t {image} . && docker push {image}")
+    print(f"build the image:  python -m pip wheel --no-deps -w dist . && docker build -f Containerfile "
+          f"--build-arg TRITON_TAG={tag}{extras} -t {image} . && docker push {image}")
     print(f"deploy:           kubectl apply -f {out}        (or: kubectl apply -k {out})")
     print(f"or with KServe:   kubectl apply -k {out / 'kserve'}")
     print(f"clients:          sigrl tag --url dns:///{spec.name}-grpc.{spec.namespace}.svc.cluster.local:8001 IMAGES")

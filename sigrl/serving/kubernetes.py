@@ -47,6 +47,11 @@ UID = 10001  # no user of the base image; high, so that it maps to no user of th
 PRESTOP_SECONDS = 5  # endpoints and DNS drop the pod before Triton stops taking requests
 METRIC = "sigrl_queue_us_per_request"  # the Prometheus adapter's name for queue time per request (µs)
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?")  # a DNS label short enough for "<name>-predictor-..."
+_SECRET = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")  # a Kubernetes object name (DNS subdomain)
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # an image tag (OCI distribution spec)
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE = re.compile(rf"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?{_PATH_PART}(?:/{_PATH_PART})*"
+                    rf"(?::{_TAG.pattern})?(?:@sha256:[0-9a-f]{{64}})?")  # an image reference
 _QUANTITY = re.compile(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?")
 _UNITS = {None: 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 
@@ -93,6 +98,18 @@ class ClusterSpec:
             if not _NAME.fullmatch(value):
                 raise ValueError(f"{flag} {value!r} must be a DNS label: lower-case letters, digits and '-', "
                                  "at most 40 characters")
+        for flag, secret in (("--credentials-secret", self.credentials_secret),
+                             ("--admin-key-secret", self.admin_key_secret),
+                             ("--image-pull-secret", self.image_pull_secret)):
+            if secret is not None and not _SECRET.fullmatch(secret):
+                raise ValueError(f"{flag} {secret!r} is not a Secret name: lower-case letters, digits, '-' and '.'")
+        if not _TAG.fullmatch(self.triton_tag):
+            raise ValueError(f"--triton-tag {self.triton_tag!r} is not an image tag (letters, digits, '_', '.', '-')")
+        if not _IMAGE.fullmatch(self.image):
+            raise ValueError(f"--image {self.image!r} is not an image reference: "
+                             "[REGISTRY/]NAME[:TAG][@sha256:DIGEST], the name in lower case")
+        if re.search(r"[\s\"'`\\]", self.repo_uri):
+            raise ValueError(f"--repo-uri {self.repo_uri!r} holds white space, quotes or backslashes")
         if self.scheme not in (*CLOUD_SCHEMES, "pvc") or not self.repo_uri.partition("://")[2].strip("/"):
             raise ValueError(f"--repo-uri {self.repo_uri!r}: give s3://BUCKET/PATH, gs://BUCKET/PATH, "
                              "as://ACCOUNT/CONTAINER/PATH (Triton reads them) or pvc://CLAIM/PATH (a volume)")
