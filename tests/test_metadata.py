@@ -5,12 +5,12 @@ import json
 
 import onnx
 import pytest
+from stand_in_engines import write_engines
 
 import sigrl
 from sigrl.cli import main
 from sigrl.deploy.engines import engine_specs
 from sigrl.deploy.metadata import EngineMetadata, ExportedEngines, read_metadata
-from sigrl.deploy.onnx_export import engine_metadata
 
 
 @pytest.fixture(scope="module")
@@ -18,22 +18,8 @@ def model() -> sigrl.SigRL:
     return sigrl.create_model("tiny")
 
 
-def write_engines(model: sigrl.SigRL, out, **changes: str):
-    """One-node stand-ins for both engines carrying the metadata export writes, with ``changes`` to its keys."""
-    out.mkdir(parents=True, exist_ok=True)
-    for spec in engine_specs(model.config):
-        value = onnx.helper.make_tensor_value_info("v", onnx.TensorProto.FLOAT, [1])
-        graph = onnx.helper.make_graph([onnx.helper.make_node("Neg", ["v"], ["w"])], spec.name, [value],
-                                       [onnx.helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [1])])
-        proto = onnx.helper.make_model(graph)
-        props = engine_metadata(model, spec, "ab" * 32) | {f"sigrl.{k}": v for k, v in changes.items()}
-        onnx.helper.set_model_props(proto, props)
-        onnx.save(proto, out / spec.file_name)
-    return out
-
-
 def test_what_export_writes_reads_back_whole(model, tmp_path):
-    exported = ExportedEngines.read(write_engines(model, tmp_path))
+    exported = ExportedEngines.read(write_engines(model, tmp_path, "ab" * 32))
     assert exported.config == model.config and exported.text.checkpoint_sha256 == "ab" * 32
     assert exported.text.prompt_template == model.prompt_template and exported.image.engine == "image_svfr"
     assert [s.axis_ranges for s in exported.specs()] == [s.axis_ranges for s in engine_specs(model.config)]

@@ -17,12 +17,11 @@ import onnx
 import pytest
 from google.protobuf import text_format
 from PIL import Image
+from stand_in_engines import write_engines
 
 import sigrl
 from sigrl.data.transforms import build_transform
-from sigrl.deploy.engines import engine_specs
 from sigrl.deploy.metadata import ExportedEngines
-from sigrl.deploy.onnx_export import engine_metadata
 from sigrl.deploy.runtimes import prepare_token_ids
 from sigrl.deploy.tensorrt import BUILD_RECORD, TENSORRT_10, BuildOptions, describe_build
 
@@ -67,16 +66,8 @@ def tiny_model() -> sigrl.SigRL:
 
 @pytest.fixture(scope="module")
 def fake_engines(tiny_model, tmp_path_factory) -> Path:
-    """``text_gmc.onnx`` / ``image_svfr.onnx`` as Identity graphs with the metadata ``sigrl export`` writes."""
-    out = tmp_path_factory.mktemp("fake-engines")
-    for spec in engine_specs(tiny_model.config):
-        x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
-        y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
-        graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], spec.name, [x], [y])
-        model = onnx.helper.make_model(graph)
-        onnx.helper.set_model_props(model, engine_metadata(tiny_model, spec, None))
-        onnx.save(model, out / spec.file_name)
-    return out
+    """Stand-ins for ``text_gmc.onnx`` / ``image_svfr.onnx`` with the metadata ``sigrl export`` writes."""
+    return write_engines(tiny_model, tmp_path_factory.mktemp("fake-engines"))
 
 
 @pytest.fixture

@@ -19,14 +19,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import onnx
 import pytest
+from stand_in_engines import write_engines
 
 import sigrl
 from sigrl.cli import main
 from sigrl.deploy.engines import engine_specs
 from sigrl.deploy.metadata import ExportedEngines, file_sha256
-from sigrl.deploy.onnx_export import engine_metadata
 from sigrl.deploy.runtimes import TensorRTRuntime
 from sigrl.deploy.tensorrt import (
     BUILD_RECORD,
@@ -52,21 +51,6 @@ BUILT_WITH = TensorRTFeatures("10.13.3.9", weak_typing=True)  # what `tensorrt._
 @pytest.fixture(scope="module")
 def tiny_model() -> sigrl.SigRL:
     return sigrl.create_model("tiny")
-
-
-def write_engines(model: sigrl.SigRL, out: Path, **extra_metadata: str) -> Path:
-    """Stand-in engines: a one-node graph per engine with the metadata ``sigrl export`` writes (plus
-    ``extra_metadata`` as further ``sigrl.*`` keys, e.g. the precision of a reduced-precision export)."""
-    out.mkdir(parents=True, exist_ok=True)
-    for spec in engine_specs(model.config):
-        value = onnx.helper.make_tensor_value_info("v", onnx.TensorProto.FLOAT, [1])
-        graph = onnx.helper.make_graph([onnx.helper.make_node("Neg", ["v"], ["w"])], spec.name, [value],
-                                       [onnx.helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [1])])
-        proto = onnx.helper.make_model(graph)
-        metadata = engine_metadata(model, spec, None) | {f"sigrl.{k}": v for k, v in extra_metadata.items()}
-        onnx.helper.set_model_props(proto, metadata)
-        onnx.save(proto, out / spec.file_name)
-    return out
 
 
 def write_plans(engines: Path, out: Path, gpu: tuple[str, str, str | None] = GPU,
