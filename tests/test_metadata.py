@@ -57,6 +57,9 @@ def test_foreign_truncated_and_missing_files_are_named(model, tmp_path, capsys):
     (engines / "text_gmc.onnx").write_bytes((engines / "text_gmc.onnx").read_bytes()[:40])
     with pytest.raises(ValueError, match=r"text_gmc\.onnx is not an ONNX model \(truncated or another file"):
         read_metadata(engines / "text_gmc.onnx")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.onnx is not an ONNX model \(truncated or another file: the file is"):
+        read_metadata(tmp_path / "empty.onnx")
     assert main(["build-engines", "--engines", str(engines), "--out", str(tmp_path / "plans")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "text_gmc.onnx is not an ONNX model" in err

@@ -3,13 +3,14 @@
 Every exported ONNX file carries ``metadata_props`` under the ``sigrl.`` prefix (docs/engines.md lists them).
 :class:`EngineMetadata` is one file's record; :class:`ExportedEngines` is a folder of ``sigrl export``, read once
 by whatever consumes it (runtimes, ``sigrl build-engines``, ``sigrl triton-repo``). Reading needs ``onnx`` but
-not torch, and loads no weights.
+not torch, and skips the graph: the weights are neither read nor parsed (a vit-b16 engine is ~300 MB).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,15 +110,65 @@ def _parse_value(name: str, text: str) -> Any:
 
 
 def read_metadata(path: str | Path) -> EngineMetadata:
-    """The record of the engine file at ``path`` (its weights are not loaded)."""
-    import onnx
-    from google.protobuf.message import DecodeError
-
+    """The record of the engine file at ``path`` (its graph and weights are skipped, not parsed)."""
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except DecodeError as err:
+        props = _model_props(Path(path))
+    except ValueError as err:
         raise ValueError(f"{path} is not an ONNX model (truncated or another file: {err})") from None
-    return EngineMetadata.parse({p.key: p.value for p in model.metadata_props}, path)
+    return EngineMetadata.parse(props, path)
+
+
+_MODEL_PROPS_FIELD = 14  # ModelProto.metadata_props (onnx.proto); the graph, field 7, holds the weights
+
+
+def _model_props(path: Path) -> dict[str, str]:
+    """A serialized ModelProto's ``metadata_props``, read by walking its top-level fields and decoding only
+    field 14: the graph is skipped by its length, so its pages are never read. ValueError where the bytes are
+    not a protobuf message (wrong wire type, a field running past the end of the file, an empty file)."""
+    from google.protobuf.message import DecodeError
+    from onnx import StringStringEntryProto
+
+    props: dict[str, str] = {}
+    with open(path, "rb") as handle:
+        if handle.seek(0, 2) == 0:
+            raise ValueError("the file is empty")
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            at = 0
+            while at < len(data):
+                key, at = _varint(data, at)
+                wire, size = key & 7, 0
+                if wire == 0:
+                    _, at = _varint(data, at)
+                elif wire in (1, 5):
+                    size = 8 if wire == 1 else 4
+                elif wire == 2:
+                    size, at = _varint(data, at)
+                else:
+                    raise ValueError(f"wire type {wire} at byte {at}")
+                if at + size > len(data):
+                    raise ValueError(f"a field runs past the end of the file at byte {len(data)}")
+                if key >> 3 == _MODEL_PROPS_FIELD and wire == 2:
+                    try:
+                        entry = StringStringEntryProto.FromString(data[at:at + size])
+                    except DecodeError as err:
+                        raise ValueError(str(err)) from None
+                    props[entry.key] = entry.value
+                at += size
+    return props
+
+
+def _varint(data: mmap.mmap, at: int) -> tuple[int, int]:
+    """The protobuf varint at ``at`` and the offset after it."""
+    value = 0
+    for shift in range(0, 70, 7):
+        if at >= len(data):
+            raise ValueError("the file ends inside a number")
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+    raise ValueError(f"a number longer than 10 bytes at byte {at}")
 
 
 @dataclass(frozen=True)
