@@ -29,7 +29,7 @@ import onnx
 from sigrl.deploy.engines import EngineSpec, TensorSpec
 from sigrl.deploy.metadata import EngineMetadata, ExportedEngines, file_sha256
 from sigrl.deploy.onnx_passes import count_loops
-from sigrl.deploy.triton_releases import container_tensorrt
+from sigrl.deploy.triton_releases import container_tensorrt, parse_tensorrt_version, same_tensorrt
 from sigrl.files import staged_files, write_atomic
 from sigrl.registry import HARDWARE_COMPAT, PRECISIONS
 
@@ -370,10 +370,10 @@ def load_plans(engines: str | Path, plan_dir: str | Path, serving_tensorrt: str 
         raise FileNotFoundError(f"the tensorrt runtime needs {', '.join(map(str, needed))}; build them on the "
                                 f"serving GPU with `sigrl build-engines --engines {engines} --out {plan_dir}`, "
                                 f"or with:\n{commands}")
-    record = BuildRecord.load(plan_dir)
+    record, precisions = BuildRecord.load(plan_dir), exported.precisions()
     for spec in specs:
         build, onnx_path = record.engines.get(spec.name), engines / spec.file_name
-        precision = exported.precisions()[spec.name]
+        precision = precisions[spec.name]
         problems = build.matches(spec) if build else ["has no entry for this engine"]
         if build and build.precision != precision:
             problems.append(f"was built at {build.precision}, but {onnx_path} is {precision}")
@@ -386,21 +386,13 @@ def load_plans(engines: str | Path, plan_dir: str | Path, serving_tensorrt: str 
     return record
 
 
-def _version(text: str, flag: str = "TensorRT version") -> tuple[int, ...]:
-    """``10.13.3.9`` as (10, 13, 3, 9); ValueError naming ``flag`` unless it is major.minor.patch[.build]."""
-    parts = text.strip().split(".")
-    if not 3 <= len(parts) <= 4 or not all(part.isdigit() for part in parts):
-        raise ValueError(f"{flag} must be major.minor.patch[.build] (e.g. 10.13.3), got {text!r}")
-    return tuple(map(int, parts))
-
-
 def serving_tensorrt(triton_container: str | None = None, tensorrt_version: str | None = None) -> str | None:
     """The TensorRT version of the Triton that will serve plans: ``tensorrt_version`` as given, or the one
     ``triton_container`` (an NGC tag such as ``25.01-py3``) ships; None when neither is given."""
     if triton_container is not None and tensorrt_version is not None:
         raise ValueError("give either --triton-container or --tensorrt-version, not both")
     if tensorrt_version is not None:
-        _version(tensorrt_version, "--tensorrt-version")
+        parse_tensorrt_version(tensorrt_version, "--tensorrt-version")
         return tensorrt_version
     if triton_container is None:
         return None
@@ -418,10 +410,10 @@ def serving_problems(record: BuildRecord, serving: str) -> list[str]:
     major version, and 10.x ones in 11.x (8.x in 10.x), never in earlier ones; Triton's TensorRT backend
     loads them only when started with ``--backend-config=tensorrt,version-compatible=true``.
     """
-    built, served = _version(record.tensorrt_version, "build_record.json tensorrt_version"), _version(serving)
+    built = parse_tensorrt_version(record.tensorrt_version, "build_record.json tensorrt_version")
+    served = parse_tensorrt_version(serving)
     if not record.version_compatible:
-        common = min(len(built), len(served))
-        if built[:common] != served[:common]:
+        if not same_tensorrt(record.tensorrt_version, serving):
             return [f"plans built with TensorRT {record.tensorrt_version} load only in that TensorRT, and the "
                     f"server has {serving}: build them with the server's TensorRT, or with --version-compatible"]
         return []
@@ -453,7 +445,7 @@ def describe_build(exported: ExportedEngines, out: Path, features: TensorRTFeatu
                          builder_optimization_level=options.builder_optimization_level,
                          workspace_gb=options.workspace_gb,
                          config_name=exported.text.config_name, config=exported.config.to_dict(),
-                         max_classes=specs[0].axis_ranges["C"][2])
+                         max_classes=exported.text.max_classes)
     for spec, metadata in zip(specs, (exported.text, exported.image), strict=True):
         plan_name = f"{spec.name}{PLAN_SUFFIX}"
         command = trtexec_command(spec, engines / spec.file_name, out / plan_name, features, options)

@@ -10,7 +10,6 @@ library only: the container build imports this module before anything else is in
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -40,9 +39,20 @@ def triton_releases() -> dict[str, TritonRelease]:
 DEFAULT_TRITON_TAG = list(triton_releases())[-1]  # the newest known release
 
 
+def parse_tensorrt_version(text: str, flag: str = "TensorRT version") -> tuple[int, ...]:
+    """``10.13.3.9`` as (10, 13, 3, 9); ValueError naming ``flag`` unless it is major.minor.patch[.build]."""
+    parts = text.strip().split(".")
+    if not 3 <= len(parts) <= 4 or not all(part.isdigit() for part in parts):
+        raise ValueError(f"{flag} must be major.minor.patch[.build] (e.g. 10.13.3), got {text!r}")
+    return tuple(map(int, parts))
+
+
 def same_tensorrt(a: str, b: str) -> bool:
-    """True when two TensorRT versions agree in major.minor.patch (``10.8.0.43`` is ``10.8.0``): what plans need."""
-    return re.findall(r"\d+", a)[:3] == re.findall(r"\d+", b)[:3]
+    """Whether two TensorRT versions name the same release as far as both go (``10.8.0`` is ``10.8.0.43``):
+    a plan that is not version-compatible loads only there."""
+    x, y = parse_tensorrt_version(a), parse_tensorrt_version(b)
+    common = min(len(x), len(y))
+    return x[:common] == y[:common]
 
 
 def tag_for_tensorrt(version: str) -> str:
