@@ -66,14 +66,17 @@ class Row:
                 f" [{self.source}]")
 
 
-def _cpu_model() -> str:
+def _cpuinfo(key: str) -> str | None:
+    """The first ``key`` line's value in /proc/cpuinfo (None where it is missing or cannot be read)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith(key)), None)
+
+
+def _cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 # The instruction sets CPU inference speed hinges on: int8 and bf16 are fast only with VNNI / AVX-512 BF16 / AMX.
@@ -82,11 +85,7 @@ CPU_ISA = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_
 
 def cpu_isa() -> list[str]:
     """Which of :data:`CPU_ISA` this CPU has (from /proc/cpuinfo's flags; empty where it cannot be read)."""
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("flags")), [])
-    except OSError:
-        return []
+    flags = (_cpuinfo("flags") or "").split()
     return [name for name in CPU_ISA if name in flags]
 
 
