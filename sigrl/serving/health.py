@@ -18,10 +18,9 @@ import sys
 import urllib.error
 import urllib.request
 from collections import Counter
-from pathlib import Path
 
 from sigrl.serving.protocol import ENTRY_MODEL
-from sigrl.serving.server import live_stub_processes
+from sigrl.serving.server import live_stub_processes, processes
 
 DEFAULT_MODELS = (ENTRY_MODEL, "text_gmc", "image_svfr")
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -40,14 +39,7 @@ def _get(url: str, timeout: float) -> tuple[int, bytes]:
 
 def server_pid() -> int:
     """The one ``tritonserver`` process visible here (in a pod: the container's own); RuntimeError otherwise."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv0 = cmdline.read_bytes().split(b"\0")[0]
-        except OSError:
-            continue
-        if argv0.rsplit(b"/", 1)[-1] == b"tritonserver":
-            found.append(int(cmdline.parent.name))
+    found = [pid for pid, argv in processes() if argv[0].rsplit(b"/", 1)[-1] == b"tritonserver"]
     if len(found) != 1:
         raise RuntimeError(f"expected one tritonserver process, found {len(found)}: pass --pid")
     return found[0]

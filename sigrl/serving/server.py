@@ -57,7 +57,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
@@ -564,17 +564,27 @@ def _alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
+def processes() -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, argv) of every process this user can see (those that exit meanwhile are skipped)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            yield int(cmdline.parent.name), cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+
+
 def stub_processes(server_pid: int) -> dict[int, str]:
     """The python-backend stubs of a server: {pid: model instance name} of its stub children."""
     stubs = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for pid, argv in processes():
+        if not (argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 8):
+            continue
         try:
-            fields = stat.read_text().rpartition(")")[2].split()
-            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
         except OSError:  # exited meanwhile
             continue
-        if int(fields[1]) == server_pid and argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 8:
-            stubs[int(stat.parent.name)] = argv[8].decode(errors="replace")
+        if parent == server_pid:
+            stubs[pid] = argv[8].decode(errors="replace")
     return stubs
 
 
@@ -585,13 +595,7 @@ def live_stub_processes(server_pid: int) -> dict[int, str]:
 
 def _command_lines() -> str:
     """The command lines of all processes, one per line."""
-    lines = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            lines.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-        except OSError:
-            continue
-    return "\n".join(lines)
+    return "\n".join(b" ".join(argv).decode(errors="replace") for _, argv in processes())
 
 
 def _stale(starter: str, marker: str, path: Path, owner: int, in_use: str) -> bool:
